@@ -1,0 +1,1 @@
+"""Protocol logic with no sockets: formats, keys, codes, the gate, config."""
