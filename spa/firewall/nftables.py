@@ -1,0 +1,119 @@
+"""The default backend: nftables through libnftables, in-process.
+
+The guard table is permanent (it also belongs in the boot-time ruleset); the
+grant table is created by the daemon with ``flags owner`` and so disappears
+with the daemon's netlink socket, closing every grant at once when spa exits
+or is killed. Each grant is a set element with a kernel timeout, so even with
+``owner = False`` nothing stays open past its grant.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from spa.core.events import Grant, IPAddress, Request
+
+from . import nft_render
+from .base import FirewallError, LiveGrant, check_grant
+from .libnft import Nft, NftError
+from .settings import FirewallSettings
+
+log = logging.getLogger(__name__)
+
+
+class NftablesBackend:
+    """Grants as nftables set elements, applied with one libnftables context.
+
+    The context (and its netlink socket) lives as long as this object: that
+    socket owns the grant table. Call :meth:`close` on orderly shutdown.
+    """
+
+    def __init__(self, settings: FirewallSettings, nft: Nft | None = None) -> None:
+        self.settings = settings
+        self._nft = nft if nft is not None else Nft()
+
+    def install(self) -> None:
+        """(Re)create the guard, then the grant table this context owns.
+
+        The guard goes first so that there is never a moment with grants but
+        no drop. Recreating the grant table ends grants from an earlier run
+        of a non-owned table; established sessions survive through conntrack.
+        """
+        self._run(nft_render.guard_script(self.settings), "install the guard table")
+        self.install_grant_table()
+
+    def install_guard(self) -> None:
+        self._run(nft_render.guard_script(self.settings), "install the guard table")
+
+    def install_grant_table(self) -> None:
+        try:
+            self._nft.run(nft_render.grant_script(self.settings))
+        except NftError as error:
+            if "Operation not permitted" in str(error) or "Device or resource busy" in str(error):
+                raise FirewallError(
+                    f"grant table {self.settings.grant_table} is owned by another process "
+                    "(is another spa running?)"
+                ) from error
+            raise FirewallError(f"cannot install the grant table: {error}") from error
+
+    def grant(self, grant: Grant) -> None:
+        check_grant(grant, self.settings.protect)
+        single = self.settings.wants_single_use(grant.request, grant.single_use)
+        self._run(nft_render.grant_commands(self.settings, grant, single), f"grant {grant.request}")
+        log.info(
+            "granted %s to %s for %ds (%s via %s%s)",
+            grant.request, grant.address, grant.seconds, grant.key, grant.carrier.value,
+            ", single use" if single else "",
+        )
+
+    def revoke(self, address: IPAddress, request: Request) -> None:
+        self._run(nft_render.revoke_commands(self.settings, address, request), "revoke")
+        log.info("revoked %s for %s", request, address)
+
+    def live(self) -> list[LiveGrant]:
+        table = f"{self.settings.family} {self.settings.grant_table}"
+        try:
+            document = self._nft.run_json(f"list table {table}")
+        except NftError as error:
+            if "No such file or directory" in str(error):
+                return []  # no daemon running: nothing granted
+            raise FirewallError(f"cannot list grants: {error}") from error
+        return nft_render.parse_live(document, self.settings)
+
+    def uninstall(self) -> None:
+        """Delete spa's two tables, nothing else; missing tables are fine."""
+        family = self.settings.family
+        present = self.tables()
+        for table in (self.settings.grant_table, self.settings.guard_table):
+            if table not in present:
+                continue
+            try:
+                self._nft.run(f"delete table {family} {table}\n")
+            except NftError as error:
+                if "Operation not permitted" in str(error):
+                    raise FirewallError(
+                        f"table {table} is owned by a running spa; stop it first "
+                        "(its grants vanish with it)"
+                    ) from error
+                raise FirewallError(f"cannot remove table {table}: {error}") from error
+
+    def tables(self) -> set[str]:
+        """Names of the tables of our family that exist now (ours or not)."""
+        try:
+            document = self._nft.run_json("list tables")
+        except NftError as error:
+            raise FirewallError(f"cannot list tables: {error}") from error
+        return {
+            item["table"]["name"]
+            for item in document.get("nftables", [])
+            if "table" in item and item["table"].get("family") == self.settings.family
+        }
+
+    def close(self) -> None:
+        self._nft.close()
+
+    def _run(self, commands: str, what: str) -> None:
+        try:
+            self._nft.run(commands)
+        except NftError as error:
+            raise FirewallError(f"cannot {what}: {error}") from error
