@@ -1,9 +1,164 @@
-"""``spa firewall install|uninstall`` and ``spa status`` (owned by spa.firewall)."""
+"""``spa firewall install|uninstall`` and ``spa status``.
+
+``install`` puts the guard (and the backend's grant structures) in place, or
+with ``--output FILE`` writes the guard as an nft script for the boot-time
+ruleset, so the ports stay closed while spa is not running. ``uninstall``
+removes spa's own tables, chains and sets and nothing else. ``status`` lists
+the grants open right now.
+
+Until the configuration parser lands these verbs take their settings from
+``--backend`` and ``--protect``; ``--config`` is accepted and refused clearly.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from spa.core.events import Request
+from spa.errors import SpaError
+from spa.firewall import BACKENDS, FirewallSettings, LiveGrant, open_backend
+from spa.firewall.nft_render import guard_script
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Placeholder until the firewall verbs land; registers nothing yet."""
+    """Add ``firewall`` (install, uninstall) and ``status`` to the spa command."""
+    firewall = subparsers.add_parser(
+        "firewall", help="install or remove spa's firewall guard",
+        description="Install or remove spa's guard and grant structures.",
+    )
+    verbs = firewall.add_subparsers(dest="firewall_verb", metavar="VERB")
+    install = verbs.add_parser(
+        "install", help="close the protected ports (guard) and prepare grants",
+        description="Install the guard and grant structures in the running kernel, or "
+        "with --output write the guard as an nft script to load at boot.",
+    )
+    _settings_options(install)
+    install.add_argument(
+        "--output", metavar="FILE",
+        help="write the guard as an nft script instead (e.g. /etc/nftables.d/spa-guard.nft); "
+        "needs no privilege",
+    )
+    install.set_defaults(func=_install)
+
+    uninstall = verbs.add_parser(
+        "uninstall", help="remove spa's tables, chains and sets (nothing else)",
+    )
+    _settings_options(uninstall)
+    uninstall.set_defaults(func=_uninstall)
+    firewall.set_defaults(func=lambda args: _usage(firewall))
+
+    status = subparsers.add_parser("status", help="list the grants open right now")
+    _settings_options(status)
+    status.set_defaults(func=_status)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _settings_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="spa configuration file ([firewall] section)")
+    parser.add_argument("--backend", choices=BACKENDS, help="firewall backend (default nftables)")
+    parser.add_argument(
+        "--protect", metavar="LIST",
+        help="comma-separated ports to guard, e.g. tcp/22,tcp/3389 (default tcp/22)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> FirewallSettings:
+    """FirewallSettings from the command line (and, later, the config file)."""
+    if args.config:
+        # TODO(core): once spa.core.config exists, load args.config here and
+        # start from its FirewallSettings, letting --backend/--protect override.
+        # Deliberately not imported before that module lands.
+        raise SpaError(
+            f"--config {args.config}: reading the configuration is not available yet; "
+            "use --backend and --protect"
+        )
+    values: dict[str, object] = {}
+    if args.backend:
+        values["backend"] = args.backend
+    if args.protect:
+        try:
+            values["protect"] = tuple(
+                Request.parse(part) for part in args.protect.split(",") if part.strip()
+            )
+        except ValueError as error:
+            raise SpaError(f"--protect: {error}") from None
+    return FirewallSettings(**values)  # type: ignore[arg-type]
+
+
+def _install(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if args.output:
+        write_atomically(Path(args.output), guard_script(settings))
+        print(f"wrote the guard for {_ports(settings)} to {args.output}")
+        return 0
+    backend = open_backend(settings)
+    try:
+        backend.install()
+    finally:
+        backend.close()
+    print(f"guard installed ({settings.backend}): {_ports(settings)} closed except for grants")
+    return 0
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    backend = open_backend(settings)
+    try:
+        backend.uninstall()
+    finally:
+        backend.close()
+    print(f"removed spa's firewall objects ({settings.backend})")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    backend = open_backend(settings)
+    try:
+        grants = backend.live()
+    finally:
+        backend.close()
+    sys.stdout.write(format_status(grants))
+    return 0
+
+
+def format_status(grants: list[LiveGrant]) -> str:
+    """A table people read: address, port, seconds left, who."""
+    if not grants:
+        return "no live grants\n"
+    rows = [("ADDRESS", "PORT", "LEFT", "WHO")]
+    for grant in grants:
+        who = grant.key or "?"
+        if grant.single_use:
+            who += " (single use)"
+        rows.append((str(grant.address), str(grant.request), f"{grant.seconds_left:.0f}s", who))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    return "".join(
+        f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}\n"
+        for row in rows
+    )
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so nft never loads half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise SpaError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _ports(settings: FirewallSettings) -> str:
+    return ", ".join(str(r) for r in settings.protect)
