@@ -1,0 +1,178 @@
+"""The nftables backend against real TCP connections between namespaces."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import OTHER_PORT, PROTECT, SERVICE_PORT, Scene, make_scene
+from world import World, need_netns
+from world.netns import HERE, wait_until
+
+pytestmark = pytest.mark.netns
+
+ALICE4, ALICE6 = "10.77.1.2", "fd77:1::2"
+
+
+def grant(scene: Scene, address: str = ALICE4, seconds: int = 2, **extra: object) -> float:
+    """Grant tcp/22 and return the monotonic time the grant was made."""
+    made = time.monotonic()
+    scene.server.call("grant", address=address, request=f"tcp/{SERVICE_PORT}",
+                      seconds=seconds, key="alice", **extra)
+    return made
+
+
+def test_open_only_for_that_address_and_port_until_expiry(nft_scene: Scene) -> None:
+    s = nft_scene
+    assert s.probe(s.alice) == "dropped"
+    made = grant(s, seconds=2)
+    assert s.probe(s.alice) == "open"
+    assert s.probe(s.alice, OTHER_PORT) == "dropped", "grant leaked to another port"
+    assert s.probe(s.bob) == "dropped", "grant leaked to another address"
+    assert s.probe(s.alice, version=6) == "dropped", "v4 grant leaked to alice's v6 address"
+    time.sleep(max(0.0, made + 2.3 - time.monotonic()))
+    assert s.probe(s.alice) == "dropped", "grant outlived its timeout"
+    assert s.server.call("live")["grants"] == []
+
+
+def test_ipv6_grant(nft_scene: Scene) -> None:
+    s = nft_scene
+    assert s.probe(s.alice, version=6) == "dropped"
+    grant(s, ALICE6, seconds=3)
+    assert s.probe(s.alice, version=6) == "open"
+    assert s.probe(s.alice, version=4) == "dropped"
+    assert s.probe(s.bob, version=6) == "dropped"
+    s.server.call("revoke", address=ALICE6, request=f"tcp/{SERVICE_PORT}")
+    assert s.probe(s.alice, version=6) == "dropped"
+
+
+def test_regrant_renews_the_timeout(nft_scene: Scene) -> None:
+    s = nft_scene
+    grant(s, seconds=2)
+    time.sleep(1.5)
+    renewed = grant(s, seconds=3)
+    time.sleep(max(0.0, renewed + 1.5 - time.monotonic()))
+    # 3 s after the first grant: only the renewal keeps it open.
+    assert s.probe(s.alice) == "open"
+    [live] = s.server.call("live")["grants"]
+    assert live["address"] == ALICE4 and 0 < live["seconds_left"] <= 2
+
+
+def test_single_use_admits_exactly_one_new_connection(nft_scene: Scene) -> None:
+    s = nft_scene
+    grant(s, seconds=5, single_use=True)
+    assert s.server.call("live")["grants"][0]["single_use"] is True
+    assert s.probe(s.alice) == "open"
+    assert s.probe(s.alice) == "dropped", "a second connection used a single-use grant"
+    assert s.server.call("live")["grants"] == []
+
+
+def test_single_use_not_consumed_by_an_existing_session(nft_scene: Scene) -> None:
+    s = nft_scene
+    grant(s, seconds=5)
+    s.alice.call("connect", id="old", host="10.77.1.1", port=SERVICE_PORT)
+    s.server.call("revoke", address=ALICE4, request=f"tcp/{SERVICE_PORT}")
+    grant(s, seconds=5, single_use=True)
+    # Traffic on the older session must not use up the single-use grant.
+    assert s.alice.call("echo", id="old", data="hello")["data"] == "hello"
+    assert s.probe(s.alice) == "open"
+
+
+def nft_tables(world: World) -> set[str]:
+    listing = world.server.run(["nft", "-j", "list", "tables"]).stdout
+    return {item["table"]["name"] for item in json.loads(listing)["nftables"] if "table" in item}
+
+
+@pytest.mark.parametrize("owner", [True, False], ids=["owned", "not-owned"])
+def test_sigkill_never_leaves_the_port_open(world: World, owner: bool) -> None:
+    """Kill the process holding the grants while a grant is live.
+
+    Observed on 6.18: an owned grant table vanishes the moment the process
+    dies, so the port closes at once; without ``flags owner`` the element
+    stays until its kernel timeout. Either way the guard remains, the port is
+    closed from the grant's timeout on, and an established session survives.
+    """
+    need_netns("nft", libraries=("nftables",))
+    s = make_scene(world, {"backend": "nftables", "protect": PROTECT, "owner": owner})
+    made = grant(s, seconds=3)
+    s.alice.call("connect", id="kept", host="10.77.1.1", port=SERVICE_PORT)
+    assert s.alice.call("echo", id="kept", data="before")["data"] == "before"
+
+    s.server.kill()
+    killed = time.monotonic()
+
+    assert "spa_guard" in nft_tables(world)
+    if owner:
+        assert "spa_grant" not in nft_tables(world), "owned table outlived its owner"
+        assert s.probe(s.alice) == "dropped"
+    else:
+        assert "spa_grant" in nft_tables(world)
+        if time.monotonic() < made + 2.5:  # still inside the grant: kernel keeps it
+            assert s.probe(s.alice) == "open"
+    assert s.alice.call("echo", id="kept", data="after kill")["data"] == "after kill"
+
+    # Bounded wait for the grant's timeout; then closed, session still alive.
+    assert wait_until(lambda: time.monotonic() > made + 3.3, timeout=5)
+    assert s.probe(s.alice) == "dropped"
+    assert s.probe(s.bob) == "dropped"
+    assert s.alice.call("echo", id="kept", data="after expiry")["data"] == "after expiry"
+    assert time.monotonic() - killed < 10
+
+
+def test_coexists_with_a_foreign_ruleset(world: World, tmp_path: Path) -> None:
+    need_netns("nft", libraries=("nftables",))
+    foreign = (
+        "table inet host_fw {\n"
+        "  chain input { type filter hook input priority 10; policy accept; counter; }\n"
+        "}\n"
+        "table ip nat_like {\n  chain pre { type filter hook prerouting priority -100; policy accept; }\n}\n"
+    )
+    script = tmp_path / "host.nft"
+    script.write_text(foreign)
+    world.server.run(["nft", "-f", str(script)])
+    s = make_scene(world, {"backend": "nftables", "protect": PROTECT})
+    assert {"host_fw", "nat_like", "spa_guard", "spa_grant"} <= nft_tables(world)
+    grant(s, seconds=3)
+    assert s.probe(s.alice) == "open"
+    assert s.probe(s.bob) == "dropped"
+    s.server.call("uninstall")
+    tables = nft_tables(world)
+    assert {"host_fw", "nat_like"} <= tables and not tables & {"spa_guard", "spa_grant"}
+    counter = world.server.run(["nft", "list", "table", "inet", "host_fw"]).stdout
+    assert "counter packets" in counter
+    assert s.probe(s.bob) == "open", "uninstall left the port closed"
+
+
+def run_cli(world: World, *argv: str) -> str:
+    result = world.server.run([sys.executable, str(HERE / "spa_cli.py"), *argv])
+    return result.stdout
+
+
+def test_spa_status_lists_live_grants(nft_scene: Scene) -> None:
+    s = nft_scene
+    assert "no live grants" in run_cli(s.world, "status", "--protect", ",".join(PROTECT))
+    grant(s, seconds=30)
+    grant(s, ALICE6, seconds=20, single_use=True)
+    lines = run_cli(s.world, "status", "--protect", ",".join(PROTECT)).splitlines()
+    assert lines[0].split() == ["ADDRESS", "PORT", "LEFT", "WHO"]
+    assert lines[1].split()[:2] == [ALICE6, "tcp/22"] and "alice (single use)" in lines[1]
+    assert lines[2].split()[:2] == [ALICE4, "tcp/22"] and lines[2].split()[3] == "alice"
+    assert 25 <= int(lines[2].split()[2].rstrip("s")) <= 30
+
+
+def test_boot_file_closes_ports_without_spa(world: World, tmp_path: Path) -> None:
+    need_netns("nft")
+    path = f"{tmp_path}/spa-guard.nft"
+    run_cli(world, "firewall", "install", "--output", path, "--protect", "tcp/22")
+    world.echo_server(SERVICE_PORT)
+    alice = world.agent(world.alice)
+    assert alice.probe("10.77.1.1", SERVICE_PORT) == "open"
+    for _ in range(2):  # loading it again (reboot, reload) must be harmless
+        world.server.run(["nft", "-f", path])
+    assert alice.probe("10.77.1.1", SERVICE_PORT) == "dropped"
+    assert alice.probe("fd77:1::1", SERVICE_PORT) == "dropped"
+    run_cli(world, "firewall", "uninstall")
+    assert alice.probe("10.77.1.1", SERVICE_PORT) == "open"
