@@ -1,0 +1,130 @@
+"""What the nftables backend would send to the kernel, checked without root."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+
+from spa.core.events import Carrier, Grant, Request
+from spa.firewall import FirewallError, FirewallSettings, check_grant
+from spa.firewall import nft_render
+
+SSH, RDP = Request("tcp", 22), Request("tcp", 3389)
+SETTINGS = FirewallSettings(protect=(SSH, RDP, Request("udp", 53)))
+
+
+def make_grant(address: str = "192.0.2.7", seconds: int = 30, key: str = "alice",
+               request: Request = SSH) -> Grant:
+    return Grant(ipaddress.ip_address(address), request, seconds, key, Carrier.DNS)
+
+
+def test_guard_drops_protected_ports_unless_established_or_marked() -> None:
+    script = nft_render.guard_script(SETTINGS)
+    assert "table inet spa_guard {" in script
+    assert "flags owner" not in script  # the guard must outlive the daemon
+    assert "elements = { 6 . 22, 6 . 3389, 17 . 53 }" in script
+    rules = [line.strip() for line in script.split("chain input {")[1].splitlines()]
+    assert rules[1:6] == [
+        "type filter hook input priority 0; policy accept;",
+        "meta l4proto . th dport != @protected accept",
+        "ct state established,related accept",
+        "meta mark & 0x53500000 == 0x53500000 accept",
+        "drop",
+    ]
+
+
+def test_scripts_recreate_their_table_in_one_transaction() -> None:
+    guard = nft_render.guard_script(SETTINGS).splitlines()
+    assert [line for line in guard if not line.startswith("#")][:2] == [
+        "table inet spa_guard", "delete table inet spa_guard"]
+    grant = nft_render.grant_script(SETTINGS).splitlines()
+    assert grant[:2] == ["table inet spa_grant { flags owner; }", "delete table inet spa_grant"]
+    unowned = nft_render.grant_script(FirewallSettings(owner=False))
+    assert "owner" not in unowned
+
+
+def test_grant_chain_runs_first_and_only_marks() -> None:
+    script = nft_render.grant_script(SETTINGS)
+    assert "priority -10;" in script
+    assert "accept\n" not in script.split("chain input")[1].split("policy accept;")[1]
+    for name in ("grants4", "grants6", "once4", "once6"):
+        assert f"set {name} {{" in script
+    assert ("ct state new ip saddr . meta l4proto . th dport @once4 "
+            "delete @once4 { ip saddr . meta l4proto . th dport } "
+            "meta mark set meta mark | 0x53500000") in script
+
+
+def test_grant_renews_by_add_delete_add() -> None:
+    commands = nft_render.grant_commands(SETTINGS, make_grant(), single_use=False).splitlines()
+    assert commands == [
+        'add element inet spa_grant grants4 { 192.0.2.7 . 6 . 22 timeout 30s comment "alice/dns" }',
+        "delete element inet spa_grant grants4 { 192.0.2.7 . 6 . 22 }",
+        'add element inet spa_grant grants4 { 192.0.2.7 . 6 . 22 timeout 30s comment "alice/dns" }',
+    ]
+
+
+def test_ipv6_single_use_and_mapped_addresses() -> None:
+    v6 = nft_render.grant_commands(SETTINGS, make_grant("2001:db8::5"), single_use=True)
+    assert "once6 { 2001:db8::5 . 6 . 22 timeout" in v6
+    mapped = nft_render.grant_commands(SETTINGS, make_grant("::ffff:192.0.2.9"), single_use=False)
+    assert "grants4 { 192.0.2.9 . 6 . 22" in mapped
+
+
+@pytest.mark.parametrize("key", ['a" }; flush ruleset; add x "', "a\nflush ruleset", "ü" * 200])
+def test_hostile_key_names_cannot_escape_the_comment(key: str) -> None:
+    commands = nft_render.grant_commands(SETTINGS, make_grant(key=key), single_use=False)
+    comments = re.findall(r'comment "([^"]*)"', commands)
+    assert len(comments) == 2
+    assert all(re.fullmatch(r"[A-Za-z0-9_.@+:/=-]{1,64}", c) for c in comments)
+    assert len(commands.splitlines()) == 3
+
+
+def test_revoke_tolerates_a_missing_element() -> None:
+    lines = nft_render.revoke_commands(SETTINGS, ipaddress.ip_address("192.0.2.7"), SSH).splitlines()
+    assert lines == [
+        "add element inet spa_grant grants4 { 192.0.2.7 . 6 . 22 timeout 1s }",
+        "delete element inet spa_grant grants4 { 192.0.2.7 . 6 . 22 }",
+        "add element inet spa_grant once4 { 192.0.2.7 . 6 . 22 timeout 1s }",
+        "delete element inet spa_grant once4 { 192.0.2.7 . 6 . 22 }",
+    ]
+
+
+def test_backend_refuses_grants_outside_policy() -> None:
+    with pytest.raises(FirewallError, match="not a protected port"):
+        check_grant(make_grant(request=Request("tcp", 80)), SETTINGS.protect)
+    with pytest.raises(FirewallError, match="seconds"):
+        check_grant(make_grant(seconds=0), SETTINGS.protect)
+    with pytest.raises(FirewallError, match="single host"):
+        check_grant(make_grant("0.0.0.0"), SETTINGS.protect)
+    check_grant(make_grant(), SETTINGS.protect)
+
+
+# As printed by libnftables 1.0.6 for `nft -j list table inet spa_grant`.
+LISTING = {
+    "nftables": [
+        {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+        {"table": {"family": "inet", "name": "spa_grant", "handle": 3}},
+        {"set": {"family": "inet", "name": "grants4", "table": "spa_grant",
+                 "type": ["ipv4_addr", "inet_proto", "inet_service"], "flags": ["timeout"],
+                 "elem": [{"elem": {"val": {"concat": ["10.9.0.2", 6, 22]}, "timeout": 30,
+                                    "expires": 12, "comment": "alice/dns"}}]}},
+        {"set": {"family": "inet", "name": "once6", "table": "spa_grant",
+                 "type": ["ipv6_addr", "inet_proto", "inet_service"],
+                 "elem": [{"elem": {"val": {"concat": ["fd00::2", "tcp", 3389]},
+                                    "timeout": 9, "expires": 4}},
+                          {"elem": {"val": {"concat": ["fd00::3", 99, 1]}, "expires": 1}}]}},
+        {"set": {"family": "inet", "name": "grants6", "table": "spa_grant", "elem": []}},
+        {"chain": {"family": "inet", "table": "spa_grant", "name": "input"}},
+    ]
+}
+
+
+def test_parse_live_reads_sets_back_soonest_first() -> None:
+    grants = nft_render.parse_live(LISTING, SETTINGS)
+    assert [(str(g.address), str(g.request), g.seconds_left, g.key, g.single_use)
+            for g in grants] == [
+        ("fd00::2", "tcp/3389", 4.0, None, True),
+        ("10.9.0.2", "tcp/22", 12.0, "alice", False),
+    ]
