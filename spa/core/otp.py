@@ -1,0 +1,119 @@
+"""One-time codes a person types by hand: TOTP and emergency HOTP codes.
+
+A code travels as a DNS label ``<name>-<digits>[-<address>]`` (for example
+``alice-492039`` or ``alice-492039-198-51-100-7``) or as a ``ping -p``
+pattern of hex digits, ``<key id as 4 hex digits><digits>`` (for example
+``0007492039``). TOTP codes have 6 or 8 digits (what authenticator apps
+show); emergency codes have 10, so the two never collide.
+
+A code is not a MAC over an address: an address written into the label is
+a claim, so the gate treats it like an unbound token (policy must allow).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+
+import pyotp
+
+from .events import IPAddress, OtpCode
+
+TOTP_DIGITS = (6, 8)
+EMERGENCY_DIGITS = 10
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,31}$")
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+def new_secret() -> str:
+    """A fresh 160-bit base32 secret (the RFC 4226 recommended length)."""
+    return pyotp.random_base32(32)
+
+
+def totp(secret: str, digits: int = 6, interval: int = 30) -> pyotp.TOTP:
+    return pyotp.TOTP(secret, digits=digits, interval=interval)
+
+
+def totp_matches(secret: str, digits: str, counter: int) -> bool:
+    """Whether ``digits`` is the TOTP code for time step ``counter``."""
+    expected = pyotp.HOTP(secret, digits=len(digits)).at(counter)
+    return pyotp.utils.strings_equal(expected, digits)
+
+
+def emergency_codes(secret: str, count: int) -> list[str]:
+    """The printed list: HOTP codes for counters 0..count-1, 10 digits each."""
+    hotp = pyotp.HOTP(secret, digits=EMERGENCY_DIGITS)
+    return [hotp.at(counter) for counter in range(count)]
+
+
+def otpauth_uri(secret: str, name: str, issuer: str, digits: int = 6) -> str:
+    """The ``otpauth://`` URI an authenticator app enrols from."""
+    return totp(secret, digits).provisioning_uri(name=name, issuer_name=issuer)
+
+
+def is_valid_secret(secret: str) -> bool:
+    try:
+        return len(base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))) >= 10
+    except ValueError:
+        return False
+
+
+def to_label(name: str, digits: str, address: IPAddress | None = None) -> str:
+    """The DNS label form: ``alice-492039`` or ``alice-492039-198-51-100-7``."""
+    label = f"{name}-{digits}"
+    if address is not None:
+        label += "-" + _address_to_label(address)
+    return label
+
+
+def to_pattern(key_id: int, digits: str) -> str:
+    """The ``ping -p`` form: key id as 4 hex digits, then the code's digits."""
+    return f"{key_id:04x}{digits}"
+
+
+def _address_to_label(address: IPAddress) -> str:
+    if address.version == 4:
+        return str(address).replace(".", "-")
+    return address.compressed.replace(":", "-")
+
+
+def _address_from_label(text: str) -> IPAddress | None:
+    parts = text.split("-")
+    try:
+        if len(parts) == 4 and all(_DIGITS.match(p) for p in parts):
+            return ipaddress.IPv4Address(".".join(parts))
+        return ipaddress.IPv6Address(text.replace("-", ":"))
+    except ValueError:
+        return None
+
+
+def _is_code(digits: str) -> bool:
+    return bool(_DIGITS.match(digits)) and len(digits) in (*TOTP_DIGITS, EMERGENCY_DIGITS)
+
+
+def parse_label(label: str) -> OtpCode | None:
+    """Read an OTP DNS label (any case); None if it is not one."""
+    name, sep, rest = label.lower().partition("-")
+    if not sep or not NAME_PATTERN.match(name):
+        return None
+    digits, sep, address_text = rest.partition("-")
+    if not _is_code(digits):
+        return None
+    address = None
+    if sep:
+        address = _address_from_label(address_text)
+        if address is None:
+            return None
+    return OtpCode(who=name, digits=digits, address=address)
+
+
+def parse_pattern(pattern: bytes) -> OtpCode | None:
+    """Read an OTP ``ping -p`` pattern (5, 6 or 7 bytes); None if not one."""
+    if len(pattern) < 3:
+        return None
+    key_id = pattern[0] << 8 | pattern[1]
+    digits = pattern[2:].hex()
+    if key_id == 0 or not _is_code(digits):
+        return None
+    return OtpCode(who=key_id, digits=digits)

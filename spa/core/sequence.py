@@ -1,0 +1,57 @@
+"""Port sequences derived from a one-time password, for the stock ``knock``.
+
+The ports for time step ``s`` and request index ``i`` are drawn from
+``HMAC-SHA256(K_seq, "spa1 sequence" | s (8) | i (1) | block (1))``, two
+bytes at a time, mapped onto the configured port range without modulo bias
+and without repeats. They change every step and each works once, so a
+sniffed sequence is worthless a step later (and at once, once used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+CONTEXT = b"spa1 sequence"
+
+
+@dataclass(frozen=True)
+class SequenceRule:
+    """How sequences are shaped: length, port range and step length."""
+
+    length: int = 3
+    low: int = 20000
+    high: int = 59999
+    step_seconds: int = 30
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.length <= 8:
+            raise ValueError("a sequence has 2-8 ports")
+        if not 1 <= self.low < self.high <= 65535 or self.high - self.low + 1 < 4 * self.length:
+            raise ValueError("the sequence port range is empty or too small")
+        if not 5 <= self.step_seconds <= 3600:
+            raise ValueError("a sequence step lasts 5-3600 seconds")
+
+    def step_at(self, time: float) -> int:
+        return int(time) // self.step_seconds
+
+
+def ports(sequence_key: bytes, step: int, request_index: int, rule: SequenceRule) -> tuple[int, ...]:
+    """The sequence of ports for one key, time step and request index."""
+    span = rule.high - rule.low + 1
+    limit = 65536 - 65536 % span  # draws at or above this would bias the modulo
+    chosen: list[int] = []
+    block = 0
+    while len(chosen) < rule.length:
+        message = CONTEXT + step.to_bytes(8, "big") + bytes([request_index, block])
+        digest = hmac.digest(sequence_key, message, hashlib.sha256)
+        for offset in range(0, len(digest), 2):
+            draw = int.from_bytes(digest[offset : offset + 2], "big")
+            port = rule.low + draw % span
+            if draw < limit and port not in chosen:
+                chosen.append(port)
+                if len(chosen) == rule.length:
+                    break
+        block += 1
+    return tuple(chosen)
