@@ -1,0 +1,228 @@
+"""The server configuration: one TOML file parsed into typed dataclasses.
+
+Every mistake is reported with file, line and option, and unknown options
+are errors (a typo must not silently fall back to a default). Paths in the
+file are relative to the file's own directory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from spa.errors import ConfigError
+
+from . import tomlfile
+from .events import Request
+from .gate import GateSettings
+from .keyring import Keyring
+from .keys import check_private, load_store
+from .policy import Policy, read_policy
+from .sequence import SequenceRule
+from .tomlfile import Document
+
+T = TypeVar("T")
+
+SECRET_SIZE = 32
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class FirewallConfig:
+    """The ``[firewall]`` table: which backend, which ports the guard protects.
+
+    ``options`` keeps the backend's own options as written; the firewall
+    package validates them (it knows what each backend takes).
+    """
+
+    backend: str = "nftables"
+    protect: tuple[Request, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CarrierConfig:
+    """One ``[carriers.NAME]`` table: whether it is on, and its own options."""
+
+    enabled: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    keys_dir: Path
+    state_dir: Path
+    secret_file: Path
+    interfaces: tuple[str, ...]  # empty: every interface
+    policy: Policy
+    gate: GateSettings
+    firewall: FirewallConfig
+    carriers: dict[str, CarrierConfig]
+
+
+BACKENDS = ("nftables", "iptables", "command", "dry-run")
+CARRIERS = ("icmp", "dns", "udp", "sequence")
+SECTIONS = ("server", "policy", "limits", "otp", "firewall", "carriers")
+SERVER_OPTIONS = ("keys_dir", "state_dir", "secret_file", "interfaces", "time_window", "repeat_window")
+LIMIT_OPTIONS = (
+    "source_rate", "source_burst", "key_rate", "key_burst", "otp_failures_per_source",
+    "otp_failures_per_key", "failure_period", "lockout_seconds", "tracked_sources",
+)
+OTP_OPTIONS = ("totp_steps", "sequence_length", "sequence_ports", "sequence_step")
+
+
+class _Reader:
+    """Typed access to one table of a Document, failing with file:line: option."""
+
+    def __init__(self, doc: Document, table: tuple[str, ...], known: tuple[str, ...] | None) -> None:
+        self.doc = doc
+        self.table = table
+        node: Any = doc.data
+        for part in table:
+            node = node.get(part, {})
+        if not isinstance(node, dict):
+            doc.fail(table, "expected a table")
+        self.node: dict[str, Any] = node
+        if known is not None:
+            for option in node:
+                if option not in known:
+                    doc.fail((*table, option), f"unknown option (known: {', '.join(known)})")
+
+    def fail(self, option: str, message: str) -> None:
+        self.doc.fail((*self.table, option), message)
+
+    def number(self, option: str, default: T, low: float, high: float, kind: type = int) -> T:
+        value = self.node.get(option, default)
+        ok_types = (int, float) if kind is float else (int,)
+        if isinstance(value, bool) or not isinstance(value, ok_types) or not low <= value <= high:
+            self.fail(option, f"expected a {'number' if kind is float else 'whole number'} from {low:g} to {high:g}")
+        return kind(value)  # type: ignore[no-any-return]
+
+    def text(self, option: str, default: str) -> str:
+        value = self.node.get(option, default)
+        if not isinstance(value, str):
+            self.fail(option, "expected a string")
+        return value
+
+    def flag(self, option: str, default: bool) -> bool:
+        value = self.node.get(option, default)
+        if not isinstance(value, bool):
+            self.fail(option, "expected true or false")
+        return value
+
+    def convert(self, option: str, convert: Callable[[], T]) -> T:
+        try:
+            return convert()
+        except ValueError as problem:
+            self.fail(option, str(problem))
+            raise  # unreachable: fail raises
+
+
+def load(path: Path) -> Config:
+    """Parse and validate a server config file (not yet the keys: see load_keyring)."""
+    doc = tomlfile.load(path)
+    for section in doc.data:
+        if section not in SECTIONS:
+            doc.fail((section,), f"unknown section (known: {', '.join(SECTIONS)})")
+    base = path.resolve().parent
+
+    server = _Reader(doc, ("server",), SERVER_OPTIONS)
+    time_window = server.number("time_window", 60, 1, 3600)
+    repeat_window = server.number("repeat_window", 30, 0, 3600)
+    if repeat_window > time_window:
+        server.fail("repeat_window", "must not be longer than time_window")
+
+    interfaces = server.node.get("interfaces", [])
+    if not isinstance(interfaces, list) or not all(isinstance(i, str) and i for i in interfaces):
+        server.fail("interfaces", 'expected a list of interface names such as ["eth0"] (empty: all)')
+    interfaces = tuple(interfaces)
+
+    limits = _Reader(doc, ("limits",), LIMIT_OPTIONS)
+    otp = _Reader(doc, ("otp",), OTP_OPTIONS)
+    ports_text = otp.text("sequence_ports", "20000-59999")
+    match = _RANGE.match(ports_text)
+    if not match:
+        otp.fail("sequence_ports", 'expected a range such as "20000-59999"')
+    rule = otp.convert(
+        "sequence_ports",
+        lambda: SequenceRule(
+            length=otp.number("sequence_length", 3, 2, 8),
+            low=int(match.group(1)),
+            high=int(match.group(2)),
+            step_seconds=otp.number("sequence_step", 30, 5, 3600),
+        ),
+    )
+    gate = GateSettings(
+        time_window=time_window,
+        repeat_window=repeat_window,
+        totp_steps=otp.number("totp_steps", 1, 0, 10),
+        sequence=rule,
+        source_rate=limits.number("source_rate", 5.0, 0.01, 1e6, float),
+        source_burst=limits.number("source_burst", 20, 1, 1e6),
+        key_rate=limits.number("key_rate", 0.5, 0.001, 1e6, float),
+        key_burst=limits.number("key_burst", 10, 1, 1e6),
+        otp_failures_per_source=limits.number("otp_failures_per_source", 5, 1, 1000),
+        otp_failures_per_key=limits.number("otp_failures_per_key", 20, 1, 10000),
+        failure_period=limits.number("failure_period", 600, 1, 86400),
+        lockout_seconds=limits.number("lockout_seconds", 300, 1, 86400),
+        tracked_sources=limits.number("tracked_sources", 65536, 16, 10_000_000),
+    )
+
+    firewall = _Reader(doc, ("firewall",), None)
+    backend = firewall.text("backend", "nftables")
+    if backend not in BACKENDS:
+        firewall.fail("backend", f"expected one of {', '.join(BACKENDS)}")
+    protect_value = firewall.node.get("protect")
+    if not isinstance(protect_value, list) or not protect_value or not all(isinstance(p, str) for p in protect_value):
+        firewall.fail("protect", 'expected a non-empty list such as ["tcp/22"]')
+    protect = firewall.convert("protect", lambda: tuple(Request.parse(p) for p in protect_value))
+    options = {k: v for k, v in firewall.node.items() if k not in ("backend", "protect")}
+
+    carriers_node = _Reader(doc, ("carriers",), CARRIERS)
+    carriers: dict[str, CarrierConfig] = {}
+    for name in CARRIERS:
+        table = _Reader(doc, ("carriers", name), None)
+        enabled = table.flag("enabled", name in carriers_node.node)
+        carriers[name] = CarrierConfig(enabled, {k: v for k, v in table.node.items() if k != "enabled"})
+
+    policy = read_policy(doc, ("policy",), None)
+    for request in policy.open:
+        if request not in protect:
+            doc.fail(("policy", "open"), f"{request} is not in firewall.protect: a grant would open nothing")
+
+    return Config(
+        path=path,
+        keys_dir=base / server.text("keys_dir", "keys"),
+        state_dir=base / server.text("state_dir", "state"),
+        secret_file=base / server.text("secret_file", "server.secret"),
+        interfaces=interfaces,
+        policy=policy,
+        gate=gate,
+        firewall=FirewallConfig(backend, protect, options),
+        carriers=carriers,
+    )
+
+
+def read_server_secret(path: Path) -> bytes:
+    """The server-wide obfuscation key: 64 hex digits in a private file."""
+    if not path.is_file():
+        raise ConfigError(str(path), None, None, "server secret file missing (spa init makes one)")
+    check_private(path)
+    text = path.read_text(encoding="ascii", errors="replace").strip()
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        secret = b""
+    if len(secret) != SECRET_SIZE:
+        raise ConfigError(str(path), 1, None, f"expected {SECRET_SIZE * 2} hex digits")
+    return secret
+
+
+def load_keyring(config: Config) -> Keyring:
+    """Load the key store and the server secret into a Keyring."""
+    records = load_store(config.keys_dir, config.policy, config.firewall.protect)
+    return Keyring(read_server_secret(config.secret_file), records)
