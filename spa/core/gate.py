@@ -1,0 +1,331 @@
+"""The gate: turns a Knock into Accepted, Duplicate or Rejection. No I/O of its own.
+
+Order of checks, cheapest first, so junk costs one AES block and a compare:
+form and length, version, key id, time window, replay ledger, per-source
+rate, then the MAC (constant time) or one-time code, then policy and the
+per-key rate. A token is recorded in the ledger before the gate answers
+Accepted; if it cannot be recorded the knock is refused (fails closed).
+
+A repeat of an accepted token that would open the same address within
+``repeat_window`` seconds is a Duplicate (ping sends its pattern every
+second, resolvers retry for ~30 s); anything else seen before is a replay.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import compact, datagram, otp
+from .compact import AddressMode
+from .events import (
+    Accepted,
+    Carrier,
+    Decision,
+    Duplicate,
+    Form,
+    Grant,
+    IPAddress,
+    Knock,
+    OtpCode,
+    Reason,
+    Rejection,
+    Request,
+    SequenceHit,
+)
+from .keyring import KeyEntry, Keyring
+from .ledger import FOREVER, Entry, Ledger
+from .limits import Buckets, Lockout
+from .sequence import SequenceRule, ports
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Tunables of the gate, from the ``[server]``, ``[limits]`` and ``[otp]`` tables."""
+
+    time_window: int = 60  # seconds a token's time may differ from ours, either way
+    repeat_window: int = 30  # seconds in which a repeat is the same knock
+    totp_interval: int = 30
+    totp_steps: int = 1  # TOTP steps accepted either side of now
+    sequence: SequenceRule = field(default_factory=SequenceRule)
+    source_rate: float = 5.0  # verifications per second per source address
+    source_burst: int = 20
+    key_rate: float = 0.5  # grants per second per key
+    key_burst: int = 10
+    otp_failures_per_source: int = 5
+    otp_failures_per_key: int = 20
+    failure_period: int = 600
+    lockout_seconds: int = 300
+    tracked_sources: int = 65536
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.time_window <= 3600:
+            raise ValueError("time_window must be 1-3600 seconds")
+        if not 0 <= self.repeat_window <= self.time_window:
+            raise ValueError("repeat_window must be 0..time_window seconds")
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A knock that passed authentication, before policy and replay."""
+
+    entry: KeyEntry
+    token_id: bytes
+    time: int
+    address: IPAddress
+    requests: tuple[Request, ...]
+    seconds: int = 0
+    unbound: bool = False
+
+
+class Gate:
+    """Decides knocks against a keyring, a ledger and bounded rate state."""
+
+    def __init__(self, keyring: Keyring, ledger: Ledger, settings: GateSettings | None = None) -> None:
+        self.keyring = keyring
+        self.ledger = ledger
+        self.settings = settings or GateSettings()
+        s = self.settings
+        self.counts: Counter[str] = Counter()
+        self._source_rate = Buckets(s.source_rate, s.source_burst, s.tracked_sources)
+        self._key_rate = Buckets(s.key_rate, s.key_burst, s.tracked_sources)
+        self._source_failures = Lockout(s.otp_failures_per_source, s.failure_period, s.lockout_seconds, s.tracked_sources)
+        self._key_failures = Lockout(s.otp_failures_per_key, s.failure_period, s.lockout_seconds, s.tracked_sources)
+        self._handlers = {
+            Form.COMPACT: self._compact,
+            Form.EXTENDED: self._extended,
+            Form.DATAGRAM: self._datagram,
+            Form.OTP: self._otp,
+            Form.SEQUENCE: self._sequence,
+        }
+
+    def replace_keyring(self, keyring: Keyring) -> None:
+        """Swap in reloaded keys; replay and rate state carry over."""
+        self.keyring = keyring
+
+    def decide(self, knock: Knock) -> Decision:
+        decision = self._handlers[knock.form](knock)
+        self.counts[decision.reason.name if isinstance(decision, Rejection) else type(decision).__name__] += 1
+        return decision
+
+    # -- helpers ---------------------------------------------------------
+
+    def _reject(self, knock: Knock, reason: Reason, detail: str = "", key: str | None = None) -> Rejection:
+        return Rejection(reason, knock.source, knock.carrier, detail, key)
+
+    def _stale(self, knock: Knock, token_time: int) -> str | None:
+        """Why ``token_time`` is unacceptable now, or None if it is fine."""
+        skew = token_time - int(knock.received)
+        if abs(skew) > self.settings.time_window:
+            return (
+                f"token time is {skew:+d} s from the server clock (window ±{self.settings.time_window} s); "
+                "check the clock of the knocking device"
+            )
+        if token_time <= self.ledger.floor:
+            return "token older than the replay horizon (did the server clock step back?)"
+        return None
+
+    def _seen(self, knock: Knock, token_id: bytes, address: IPAddress, key: str) -> Decision | None:
+        """Duplicate or replay verdict for a token already in the ledger."""
+        entry = self.ledger.get(token_id)
+        if entry is None:
+            return None
+        if entry.address == address and knock.received - entry.accepted <= self.settings.repeat_window:
+            return Duplicate(knock.source, knock.carrier, key)
+        return self._reject(knock, Reason.REPLAY, f"first accepted for {entry.address}", key)
+
+    def _finish(self, knock: Knock, claim: _Claim) -> Decision:
+        """Policy, per-key rate and the ledger: the common end of every form."""
+        entry = claim.entry
+        policy = entry.record.policy
+        refusal = policy.refusal(knock.carrier, claim.address, claim.requests, claim.unbound)
+        if refusal:
+            return self._reject(knock, Reason.POLICY, refusal, entry.name)
+        if not self._key_rate.take(entry.record.key_id, knock.received):
+            return self._reject(knock, Reason.RATE_LIMITED, "too many grants for this key", entry.name)
+        try:
+            self.ledger.record(claim.token_id, Entry(claim.address, knock.received, claim.time), knock.received)
+        except OSError as problem:
+            return self._reject(knock, Reason.STATE_UNWRITABLE, str(problem), entry.name)
+        seconds = policy.grant_seconds(claim.seconds)
+        grants = tuple(
+            Grant(claim.address, request, seconds, entry.name, knock.carrier, policy.single_use)
+            for request in claim.requests
+        )
+        return Accepted(grants, entry.name, knock.carrier, knock.source)
+
+    # -- compact and extended tokens -------------------------------------
+
+    def _compact(self, knock: Knock) -> Decision:
+        payload = knock.payload
+        if not isinstance(payload, bytes) or len(payload) != compact.SIZE:
+            return self._reject(knock, Reason.MALFORMED, "not a compact token")
+        return self._token(knock, payload, None)
+
+    def _extended(self, knock: Knock) -> Decision:
+        payload = knock.payload
+        split = compact.split_extended(self.keyring.obfuscator, payload) if isinstance(payload, bytes) else None
+        if split is None:
+            return self._reject(knock, Reason.MALFORMED, "not an extended token")
+        token, address = split
+        return self._token(knock, token, address)
+
+    def _token(self, knock: Knock, token: bytes, explicit: IPAddress | None) -> Decision:
+        opened = compact.open_block(self.keyring.obfuscator, token)
+        if opened is None:
+            return self._reject(knock, Reason.MALFORMED, "not an spa token")
+        fields, plain = opened
+        if (fields.mode == AddressMode.EXPLICIT) != (explicit is not None):
+            return self._reject(knock, Reason.MALFORMED, "address mode does not fit the form")
+        entry = self.keyring.by_id.get(fields.key_id)
+        if entry is None or entry.mac_key is None:
+            return self._reject(knock, Reason.UNKNOWN_KEY, f"key id {fields.key_id}")
+        stale = self._stale(knock, fields.time)
+        if stale:
+            return self._reject(knock, Reason.STALE, stale, entry.name)
+        address = explicit if explicit is not None else knock.source
+        seen = self._seen(knock, token, address, entry.name)
+        if seen is not None:
+            return seen
+        if not self._source_rate.take(knock.source, knock.received):
+            return self._reject(knock, Reason.RATE_LIMITED, "too many attempts from this source", entry.name)
+        bound = None if fields.mode == AddressMode.UNBOUND else address
+        if not compact.mac_matches(entry.mac_key, plain, bound):
+            return self._reject(knock, Reason.BAD_MAC, "", entry.name)
+        policy = entry.record.policy
+        if fields.request_index >= len(policy.open):
+            return self._reject(knock, Reason.POLICY, f"no port at index {fields.request_index}", entry.name)
+        claim = _Claim(
+            entry, token, fields.time, address, (policy.open[fields.request_index],),
+            unbound=fields.mode == AddressMode.UNBOUND,
+        )
+        return self._finish(knock, claim)
+
+    # -- SPA datagrams ---------------------------------------------------
+
+    def _datagram(self, knock: Knock) -> Decision:
+        payload = knock.payload
+        header = datagram.open_header(self.keyring.obfuscator, payload) if isinstance(payload, bytes) else None
+        if header is None:
+            return self._reject(knock, Reason.MALFORMED, "not an spa datagram")
+        entry = self.keyring.by_id.get(header.key_id)
+        signed = header.kind == datagram.Kind.SIGNED
+        if entry is None or (entry.verify_key if signed else entry.aead) is None:
+            return self._reject(knock, Reason.UNKNOWN_KEY, f"key id {header.key_id}")
+        stale = self._stale(knock, header.time)
+        if stale:
+            return self._reject(knock, Reason.STALE, stale, entry.name)
+        previous = self.ledger.get(header.sealed)
+        if previous is not None:
+            # The address is only known after decryption; a repeat to the
+            # same address is judged below, anything else is a replay now.
+            if knock.received - previous.accepted > self.settings.repeat_window:
+                return self._reject(knock, Reason.REPLAY, f"first accepted for {previous.address}", entry.name)
+        if not self._source_rate.take(knock.source, knock.received):
+            return self._reject(knock, Reason.RATE_LIMITED, "too many attempts from this source", entry.name)
+        aead = self.keyring.wire if signed else entry.aead
+        assert aead is not None  # checked with the key above
+        body = datagram.open_body(header, payload, aead, knock.source, entry.verify_key if signed else None)
+        if body is None:
+            return self._reject(knock, Reason.BAD_MAC, "", entry.name)
+        address = body.address if body.address is not None else knock.source
+        seen = self._seen(knock, header.sealed, address, entry.name)
+        if seen is not None:
+            return seen
+        claim = _Claim(
+            entry, header.sealed, header.time, address, body.requests,
+            seconds=body.seconds, unbound=body.mode == datagram.Mode.UNBOUND,
+        )
+        return self._finish(knock, claim)
+
+    # -- one-time codes --------------------------------------------------
+
+    def _otp(self, knock: Knock) -> Decision:
+        code = knock.payload
+        if not isinstance(code, OtpCode):
+            return self._reject(knock, Reason.MALFORMED, "not a one-time code")
+        entry = self.keyring.find(code.who)
+        if entry is None:
+            return self._reject(knock, Reason.UNKNOWN_KEY, f"key {code.who}")
+        record = entry.record
+        now = knock.received
+        source_key = ("otp", knock.source)
+        if self._key_failures.locked(record.key_id, now) or self._source_failures.locked(source_key, now):
+            return self._reject(knock, Reason.LOCKED_OUT, "one-time codes refused for now", entry.name)
+        found = self._match_code(entry, code.digits, now)
+        if found is None:
+            detail = "code does not match"
+            if self._key_failures.fail(record.key_id, now):
+                detail += f"; key locked out for {self.settings.lockout_seconds} s"
+            if self._source_failures.fail(source_key, now):
+                detail += f"; source locked out for {self.settings.lockout_seconds} s"
+            return self._reject(knock, Reason.BAD_CODE, detail, entry.name)
+        token_id, token_time = found
+        self._source_failures.succeed(source_key)
+        address = code.address if code.address is not None else knock.source
+        seen = self._seen(knock, token_id, address, entry.name)
+        if seen is not None:
+            return seen
+        return self._finish(knock, _Claim(entry, token_id, token_time, address, (record.policy.open[0],)))
+
+    def _match_code(self, entry: KeyEntry, digits: str, now: float) -> tuple[bytes, int] | None:
+        """The ledger id and time of the code ``digits`` matches, or None."""
+        record = entry.record
+        key_id = record.key_id.to_bytes(2, "big")
+        if len(digits) == otp.EMERGENCY_DIGITS:
+            counter = entry.emergency.get(digits)
+            if counter is None:
+                return None
+            return b"hotp" + key_id + counter.to_bytes(4, "big"), FOREVER
+        if not record.totp_secret or len(digits) != record.totp_digits:
+            return None
+        interval = self.settings.totp_interval
+        current = int(now) // interval
+        for counter in range(current - self.settings.totp_steps, current + self.settings.totp_steps + 1):
+            if counter >= 0 and otp.totp_matches(record.totp_secret, digits, counter):
+                time = counter * interval
+                if time <= self.ledger.floor:
+                    return None
+                return b"totp" + key_id + counter.to_bytes(8, "big"), time
+        return None
+
+    # -- port sequences --------------------------------------------------
+
+    def sequences(self, now: float) -> dict[tuple[int, ...], SequenceHit]:
+        """Every port sequence acceptable at ``now``, for the sequence carrier.
+
+        Covers the steps within the time window on either side of now.
+        """
+        rule = self.settings.sequence
+        reach = -(-self.settings.time_window // rule.step_seconds)  # ceiling division
+        current = rule.step_at(now)
+        table: dict[tuple[int, ...], SequenceHit] = {}
+        for entry in self.keyring.by_id.values():
+            if entry.sequence_key is None or Carrier.SEQUENCE not in entry.record.policy.carriers:
+                continue
+            for step in range(current - reach, current + reach + 1):
+                for index in range(len(entry.record.policy.open)):
+                    hit = SequenceHit(entry.record.key_id, step, index)
+                    table[ports(entry.sequence_key, step, index, rule)] = hit
+        return table
+
+    def _sequence(self, knock: Knock) -> Decision:
+        hit = knock.payload
+        if not isinstance(hit, SequenceHit):
+            return self._reject(knock, Reason.MALFORMED, "not a sequence")
+        entry = self.keyring.by_id.get(hit.key_id)
+        if entry is None or entry.sequence_key is None:
+            return self._reject(knock, Reason.UNKNOWN_KEY, f"key id {hit.key_id}")
+        rule = self.settings.sequence
+        stale = self._stale(knock, hit.step * rule.step_seconds + rule.step_seconds // 2)
+        if stale:
+            return self._reject(knock, Reason.STALE, stale, entry.name)
+        policy = entry.record.policy
+        if hit.request_index >= len(policy.open):
+            return self._reject(knock, Reason.POLICY, f"no port at index {hit.request_index}", entry.name)
+        token_id = b"seq" + hit.key_id.to_bytes(2, "big") + hit.step.to_bytes(8, "big") + bytes([hit.request_index])
+        seen = self._seen(knock, token_id, knock.source, entry.name)
+        if seen is not None:
+            return seen
+        claim = _Claim(entry, token_id, hit.step * rule.step_seconds, knock.source, (policy.open[hit.request_index],))
+        return self._finish(knock, claim)

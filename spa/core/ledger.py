@@ -1,0 +1,160 @@
+"""The replay ledger: every accepted token, remembered until it is stale anyway.
+
+A token is recorded (and, in a :class:`FileLedger`, written and fsynced)
+before its grant is applied, so neither a restart nor SIGKILL lets it be
+accepted twice. An entry is dropped once its token time is more than
+``retention`` seconds old; from then on the *floor* (the newest token time
+ever dropped) refuses any token at or below it. Without the floor, a clock
+stepped back after pruning would make pruned tokens acceptable again.
+
+Codes that never go stale (emergency codes) are recorded with time
+:data:`FOREVER` and are never pruned.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from spa.errors import SpaError
+
+from .events import IPAddress
+
+FOREVER = 2**63 - 1
+PRUNE_EVERY = 10.0  # seconds between prunes; pruning is O(entries)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the ledger remembers of an accepted token."""
+
+    address: IPAddress  # the address its grant opened
+    accepted: float  # arrival time of the knock that was accepted
+    time: int  # the token's own time (FOREVER: never pruned)
+
+
+class Ledger:
+    """In-memory ledger; the base of :class:`FileLedger` and enough for tests."""
+
+    def __init__(self, retention: int) -> None:
+        self.retention = retention
+        self.floor = 0
+        self._entries: dict[bytes, Entry] = {}
+        self._last_prune = 0.0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, token_id: bytes) -> Entry | None:
+        return self._entries.get(token_id)
+
+    def record(self, token_id: bytes, entry: Entry, now: float) -> None:
+        """Remember an accepted token. Raises OSError if it could not be kept."""
+        self._entries[token_id] = entry
+        if now - self._last_prune >= PRUNE_EVERY:
+            self.prune(now)
+
+    def prune(self, now: float) -> None:
+        """Forget tokens too old to be accepted, raising the floor past them."""
+        self._last_prune = now
+        horizon = now - self.retention
+        stale = [token for token, entry in self._entries.items() if entry.time < horizon]
+        for token in stale:
+            self.floor = max(self.floor, self._entries.pop(token).time)
+
+
+class LedgerCorrupt(SpaError):
+    """The state file is damaged in a way that could hide a used token."""
+
+
+class FileLedger(Ledger):
+    """A ledger persisted as an append-only text file in the state directory.
+
+    One line per accepted token (``id address time accepted``) and one per
+    floor change (``floor time``); fsync after each. At start the file is
+    replayed; a torn last line (a crash mid-write, before any grant) is
+    ignored, damage anywhere else refuses to start. When the file holds
+    mostly dropped entries it is rewritten atomically.
+    """
+
+    def __init__(self, path: Path, retention: int) -> None:
+        super().__init__(retention)
+        self.path = path
+        self._lines = 0
+        self._load()
+        self._file = open(path, "a", encoding="ascii")  # noqa: SIM115 - lives as long as the ledger
+
+    def _load(self) -> None:
+        try:
+            text = self.path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError) as problem:
+            raise LedgerCorrupt(f"{self.path}: cannot read replay state: {problem}") from None
+        lines = text.split("\n")
+        torn = lines.pop()  # text after the last newline: empty unless a write was torn
+        for number, line in enumerate(lines, start=1):
+            try:
+                self._apply(line)
+            except (ValueError, IndexError):
+                raise LedgerCorrupt(
+                    f"{self.path}:{number}: damaged replay state; refusing to start rather than "
+                    "risk accepting a used token (move the file away to start afresh)"
+                ) from None
+        self._lines = len(lines)
+        if torn:
+            self._rewrite()  # drop the torn tail so later appends start on a clean line
+
+    def _apply(self, line: str) -> None:
+        parts = line.split(" ")
+        if parts[0] == "floor" and len(parts) == 2:
+            self.floor = max(self.floor, int(parts[1]))
+            return
+        if len(parts) != 4:
+            raise ValueError(line)
+        token, address, time, accepted = parts
+        self._entries[bytes.fromhex(token)] = Entry(ipaddress.ip_address(address), float(accepted), int(time))
+
+    def _append(self, line: str) -> None:
+        self._file.write(line + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._lines += 1
+
+    def record(self, token_id: bytes, entry: Entry, now: float) -> None:
+        self._entries[token_id] = entry  # refuse it again even if the write fails
+        self._append(f"{token_id.hex()} {entry.address} {entry.time} {entry.accepted:.3f}")
+        if now - self._last_prune >= PRUNE_EVERY:
+            self.prune(now)
+
+    def prune(self, now: float) -> None:
+        before = self.floor
+        super().prune(now)
+        if self.floor != before:
+            self._append(f"floor {self.floor}")
+        if self._lines > 1000 and self._lines > 4 * (len(self._entries) + 1):
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with open(temporary, "w", encoding="ascii") as handle:
+            handle.write(f"floor {self.floor}\n")
+            for token, entry in self._entries.items():
+                handle.write(f"{token.hex()} {entry.address} {entry.time} {entry.accepted:.3f}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self._lines = len(self._entries) + 1
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+            self._file = open(self.path, "a", encoding="ascii")  # noqa: SIM115
+
+    def close(self) -> None:
+        self._file.close()

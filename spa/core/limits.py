@@ -1,0 +1,82 @@
+"""Rate limits and lockouts whose memory stays bounded whatever the traffic.
+
+Both track at most ``capacity`` keys and forget the least recently used
+one when full. For sources that is a trade-off made on purpose: an attacker
+who spoofs many sources can push its own entry out, so per-source limits
+are a courtesy and the per-key lockout (keys are few, never evicted in
+practice) is what stops guessing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+class Buckets:
+    """A token bucket per key: ``rate`` per second, up to ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float, capacity: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.capacity = capacity
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: Hashable, now: float) -> bool:
+        """Spend one token for ``key``; False if its bucket is empty."""
+        tokens, last = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > self.capacity:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+@dataclass
+class _Strikes:
+    since: float
+    count: int
+    locked_until: float
+
+
+class Lockout:
+    """Locks a key out for ``lockout`` seconds after ``threshold`` failures in ``period``."""
+
+    def __init__(self, threshold: int, period: float, lockout: float, capacity: int) -> None:
+        self.threshold = threshold
+        self.period = period
+        self.lockout = lockout
+        self.capacity = capacity
+        self._strikes: OrderedDict[Hashable, _Strikes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._strikes)
+
+    def locked(self, key: Hashable, now: float) -> bool:
+        strikes = self._strikes.get(key)
+        return strikes is not None and now < strikes.locked_until
+
+    def fail(self, key: Hashable, now: float) -> bool:
+        """Count a failure; True when this one starts a lockout."""
+        strikes = self._strikes.pop(key, None)
+        if strikes is None or (now - strikes.since > self.period and now >= strikes.locked_until):
+            strikes = _Strikes(since=now, count=0, locked_until=0.0)
+        strikes.count += 1
+        started = strikes.count == self.threshold
+        if started:
+            strikes.locked_until = now + self.lockout
+        self._strikes[key] = strikes
+        if len(self._strikes) > self.capacity:
+            self._strikes.popitem(last=False)
+        return started
+
+    def succeed(self, key: Hashable) -> None:
+        """A success clears the key's count (but not a lockout in force)."""
+        strikes = self._strikes.get(key)
+        if strikes is not None and strikes.locked_until == 0.0:
+            del self._strikes[key]
