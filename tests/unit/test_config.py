@@ -1,0 +1,161 @@
+"""Config and key files: what loads, and errors that name file, line and option."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from spa.cli import main
+from spa.core import config, keys
+from spa.errors import ConfigError, KeyFileError
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Path:
+    assert main(["init", "--dir", str(tmp_path / "srv"), "--protect", "tcp/22,tcp/3389",
+                 "--zone", "knock.example.test", "--backend", "dry-run"]) == 0
+    return tmp_path / "srv" / "spa.toml"
+
+
+def test_init_writes_a_config_that_loads(server: Path) -> None:
+    loaded = config.load(server)
+    assert [str(r) for r in loaded.firewall.protect] == ["tcp/22", "tcp/3389"]
+    assert loaded.carriers["dns"].options["zone"] == "knock.example.test"
+    assert all(c.enabled for c in loaded.carriers.values())
+    assert loaded.gate.time_window == 60 and loaded.keys_dir.is_dir()
+    assert oct(os.stat(loaded.secret_file).st_mode & 0o777) == "0o600"
+
+
+def _edit(path: Path, old: str, new: str) -> int:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    return text[: text.index(old)].count("\n") + 1
+
+
+@pytest.mark.parametrize(
+    "old,new,option,message",
+    [
+        ("time_window = 60", "time_window = 0", "server.time_window", "whole number from 1 to 3600"),
+        ("time_window = 60", "time_windw = 60", "server.time_windw", "unknown option"),
+        ("seconds = 30 ", "seconds = \"30\" ", "policy.seconds", "positive whole number"),
+        ('protect = ["tcp/22", "tcp/3389"]', 'protect = ["tcp/70000"]', "firewall.protect", "port must be 1-65535"),
+        ('backend = "dry-run"', 'backend = "pf"', "firewall.backend", "expected one of"),
+        ('sequence_ports = "20000-59999"', 'sequence_ports = "20000"', "otp.sequence_ports", "range"),
+        ('carriers = ["icmp", "dns", "udp", "sequence"]', 'carriers = ["smoke"]', "policy.carriers", "not a valid"),
+        ('sources = ["0.0.0.0/0", "::/0"]', 'sources = ["10.0.0.0/33"]', "policy.sources", "10.0.0.0/33"),
+    ],
+)
+def test_errors_name_file_line_and_option(server: Path, old: str, new: str, option: str, message: str) -> None:
+    line = _edit(server, old, new)
+    with pytest.raises(ConfigError) as caught:
+        config.load(server)
+    error = caught.value
+    assert (error.path, error.line, error.option) == (str(server), line, option)
+    assert message in str(error) and str(error).startswith(f"{server}:{line}: {option}: ")
+
+
+def test_syntax_error_names_the_line(server: Path) -> None:
+    line = _edit(server, "seconds = 30 ", "seconds = = 30 ")
+    with pytest.raises(ConfigError) as caught:
+        config.load(server)
+    assert caught.value.line == line
+
+
+def test_policy_must_open_only_protected_ports(server: Path) -> None:
+    _edit(server, 'open = ["tcp/22", "tcp/3389"]', 'open = ["tcp/8080"]')
+    with pytest.raises(ConfigError, match="tcp/8080 is not in firewall.protect"):
+        config.load(server)
+
+
+def test_missing_file_and_unknown_section(server: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load(tmp_path / "nope.toml")
+    server.write_text(server.read_text() + "\n[extra]\n")
+    with pytest.raises(ConfigError, match="extra: unknown section"):
+        config.load(server)
+
+
+def _keygen(server: Path, name: str, *extra: str) -> Path:
+    out = server.parent.parent / f"{name}.spakey"
+    assert main(["keygen", name, "--config", str(server), "--server", "192.0.2.1", "--out", str(out), *extra]) == 0
+    return out
+
+
+def test_keygen_writes_matching_client_and_server_keys(server: Path) -> None:
+    client_path = _keygen(server, "alice", "--open", "tcp/3389,tcp/22", "--totp", "--emergency", "2")
+    loaded = config.load(server)
+    keyring = config.load_keyring(loaded)
+    client = keys.load_client_key(client_path)
+    entry = keyring.by_name["alice"]
+    assert client.key_id == entry.record.key_id == 1
+    assert client.secret == entry.record.secret and client.open == entry.record.policy.open
+    assert client.obfuscation_key == config.read_server_secret(loaded.secret_file)
+    assert client.zone == "knock.example.test" and entry.record.totp_secret and len(entry.emergency) == 2
+    assert oct(os.stat(client_path).st_mode & 0o777) == "0o600"
+
+
+def test_ed25519_key_leaves_no_secret_on_the_server(server: Path) -> None:
+    client_path = _keygen(server, "bob", "--ed25519")
+    record = config.load_keyring(config.load(server)).by_name["bob"].record
+    assert record.secret is None and record.public_key is not None
+    assert keys.load_client_key(client_path).signing_key is not None
+
+
+def test_key_store_errors_are_located(server: Path) -> None:
+    _keygen(server, "alice")
+    path = server.parent / "keys" / "alice.toml"
+    line = _edit(path, "key_id = 1", "key_id = 0")
+    with pytest.raises(ConfigError) as caught:
+        config.load_keyring(config.load(server))
+    assert (caught.value.path, caught.value.line, caught.value.option) == (str(path), line, "key_id")
+
+
+def test_duplicate_key_ids_are_refused(server: Path) -> None:
+    _keygen(server, "alice")
+    _keygen(server, "bob")
+    _edit(server.parent / "keys" / "bob.toml", "key_id = 2", "key_id = 1")
+    with pytest.raises(ConfigError, match="also used by"):
+        config.load_keyring(config.load(server))
+
+
+def test_group_readable_key_files_are_refused_with_the_fix(server: Path) -> None:
+    client_path = _keygen(server, "alice")
+    os.chmod(client_path, 0o640)
+    with pytest.raises(KeyFileError, match=rf"mode 0640.*chmod 600 {client_path}"):
+        keys.load_client_key(client_path)
+    os.chmod(server.parent / "keys" / "alice.toml", 0o644)
+    with pytest.raises(KeyFileError, match="readable by group or others"):
+        config.load_keyring(config.load(server))
+
+
+def test_revoke_removes_the_key_from_the_next_load(server: Path) -> None:
+    _keygen(server, "alice")
+    assert "alice" in config.load_keyring(config.load(server)).by_name
+    assert main(["revoke", "alice", "--config", str(server)]) == 0
+    assert "alice" not in config.load_keyring(config.load(server)).by_name
+
+
+def test_cli_errors_are_one_line_and_non_zero(server: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _keygen(server, "alice")
+    cases = [
+        ["keygen", "alice", "--config", str(server), "--server", "x"],
+        ["keygen", "Alice!", "--config", str(server), "--server", "x"],
+        ["keygen", "carol", "--config", str(server), "--server", "x", "--open", "tcp/8080"],
+        ["revoke", "nobody", "--config", str(server)],
+        ["check", "--config", str(server.parent / "missing.toml")],
+    ]
+    for argv in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("spa: ") and err.count("\n") == 1, err
+
+
+def test_check_summarises(server: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _keygen(server, "alice", "--totp")
+    capsys.readouterr()
+    assert main(["check", "--config", str(server)]) == 0
+    out = capsys.readouterr().out
+    assert f"{server}: OK" in out and "alice" in out and "secret+totp" in out

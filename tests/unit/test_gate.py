@@ -1,0 +1,326 @@
+"""The gate: what it accepts, what it refuses, and why."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pyotp
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spa.core import datagram, kdf, otp
+from spa.core.events import Accepted, Carrier, Duplicate, Form, OtpCode, Reason, Rejection, SequenceHit
+from spa.core.gate import GateSettings
+from spa.core.keyring import Keyring
+
+from makings import (
+    BOB_SEED,
+    CLIENT,
+    CLIENT6,
+    EMERGENCY_SECRET,
+    NOW,
+    OTHER,
+    RDP,
+    SSH,
+    TOTP_SECRET,
+    Bench,
+    alice_record,
+    make_bench,
+)
+
+
+def reason(decision: object) -> Reason:
+    assert isinstance(decision, Rejection), decision
+    return decision.reason
+
+
+def test_compact_token_opens_the_source_for_the_indexed_port(bench: Bench) -> None:
+    decision = bench.decide(Form.COMPACT, bench.compact(index=1))
+    assert isinstance(decision, Accepted)
+    (grant,) = decision.grants
+    assert (grant.address, grant.request, grant.seconds, grant.key) == (CLIENT, RDP, 30, "alice")
+
+
+def test_compact_token_from_another_source_is_refused(bench: Bench) -> None:
+    assert reason(bench.decide(Form.COMPACT, bench.compact(address=CLIENT), source=OTHER)) == Reason.BAD_MAC
+
+
+def test_extended_token_opens_its_address_wherever_it_comes_from(bench: Bench) -> None:
+    for address in (CLIENT, CLIENT6):
+        decision = bench.decide(Form.EXTENDED, bench.extended(address), source=OTHER, carrier=Carrier.DNS)
+        assert isinstance(decision, Accepted)
+        assert decision.grants[0].address == address
+
+
+@pytest.mark.parametrize("skew", [-60, 0, 60])
+def test_window_edges_are_inside(skew: int) -> None:
+    bench = make_bench()
+    assert isinstance(bench.decide(Form.COMPACT, bench.compact(time=NOW + skew)), Accepted)
+
+
+@pytest.mark.parametrize("skew", [-61, 61, -86400])
+def test_outside_the_window_is_stale_and_says_by_how_much(skew: int) -> None:
+    bench = make_bench()
+    decision = bench.decide(Form.COMPACT, bench.compact(time=NOW + skew))
+    assert reason(decision) == Reason.STALE
+    assert f"{skew:+d} s" in decision.detail  # type: ignore[union-attr]
+
+
+def test_window_is_configurable() -> None:
+    bench = make_bench(GateSettings(time_window=5, repeat_window=5))
+    assert reason(bench.decide(Form.COMPACT, bench.compact(time=NOW - 6))) == Reason.STALE
+    assert isinstance(bench.decide(Form.COMPACT, bench.compact(time=NOW - 5)), Accepted)
+
+
+def test_repeat_from_same_source_is_a_duplicate_then_a_replay(bench: Bench) -> None:
+    token = bench.compact()
+    assert isinstance(bench.decide(Form.COMPACT, token), Accepted)
+    assert isinstance(bench.decide(Form.COMPACT, token, at=NOW + 1), Duplicate)  # ping's second packet
+    assert isinstance(bench.decide(Form.COMPACT, token, at=NOW + 30), Duplicate)
+    assert reason(bench.decide(Form.COMPACT, token, at=NOW + 31)) == Reason.REPLAY
+
+
+def test_accepted_token_from_another_source_is_a_replay(bench: Bench) -> None:
+    token = bench.compact(address=None)  # unbound: the source is what it opens
+    bench_unbound = make_bench(allow_unbound=True)
+    assert isinstance(bench_unbound.decide(Form.COMPACT, token), Accepted)
+    assert reason(bench_unbound.decide(Form.COMPACT, token, source=OTHER, at=NOW + 1)) == Reason.REPLAY
+
+
+def test_resolver_retries_of_an_extended_token_are_one_knock(bench: Bench) -> None:
+    token = bench.extended(CLIENT)
+    resolvers = [ipaddress.ip_address(f"192.0.2.{i}") for i in (1, 2, 3)]
+    decisions = [bench.decide(Form.EXTENDED, token, source=r, at=NOW + i * 5, carrier=Carrier.DNS)
+                 for i, r in enumerate(resolvers)]
+    assert isinstance(decisions[0], Accepted)
+    assert all(isinstance(d, Duplicate) for d in decisions[1:])
+
+
+def test_unbound_token_needs_policy(bench: Bench) -> None:
+    assert reason(bench.decide(Form.COMPACT, bench.compact(address=None))) == Reason.POLICY
+    allowed = make_bench(allow_unbound=True)
+    assert isinstance(allowed.decide(Form.COMPACT, allowed.compact(address=None)), Accepted)
+
+
+def test_policy_carriers_and_sources() -> None:
+    bench = make_bench(carriers=frozenset({Carrier.DNS}))
+    assert reason(bench.decide(Form.COMPACT, bench.compact(), carrier=Carrier.ICMP)) == Reason.POLICY
+    bench = make_bench(sources=(ipaddress.ip_network("10.0.0.0/8"),))
+    decision = bench.decide(Form.COMPACT, bench.compact())
+    assert reason(decision) == Reason.POLICY and "outside allowed sources" in decision.detail  # type: ignore[union-attr]
+
+
+def test_request_index_beyond_the_keys_list_is_refused(bench: Bench) -> None:
+    assert reason(bench.decide(Form.COMPACT, bench.compact(index=2))) == Reason.POLICY
+
+
+def test_unknown_key_and_junk(bench: Bench) -> None:
+    assert reason(bench.decide(Form.COMPACT, b"\x00" * 15)) == Reason.MALFORMED
+    assert reason(bench.decide(Form.EXTENDED, bench.compact())) == Reason.MALFORMED
+    other = Keyring(bytes(range(32)), [alice_record()])
+    other.by_id.clear()
+    bench.gate.replace_keyring(other)
+    assert reason(bench.decide(Form.COMPACT, bench.compact())) == Reason.UNKNOWN_KEY
+
+
+def test_compact_token_cannot_pose_as_extended(bench: Bench) -> None:
+    extended = bench.extended(CLIENT)
+    assert reason(bench.decide(Form.COMPACT, extended[:16])) == Reason.MALFORMED
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(min_size=0, max_size=200))
+def test_random_bytes_are_never_accepted(data: bytes) -> None:
+    bench = make_bench(allow_unbound=True)
+    for form in (Form.COMPACT, Form.EXTENDED, Form.DATAGRAM):
+        assert isinstance(bench.decide(form, data), Rejection)
+
+
+def _flips(data: bytes):
+    for bit in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        yield bytes(flipped)
+
+
+def test_every_single_bit_flip_is_rejected() -> None:
+    bench = make_bench(allow_unbound=True)
+    body = datagram.Body(datagram.Mode.IPV4, (SSH, RDP), 60, CLIENT)
+    cases = [
+        (Form.COMPACT, bench.compact()),
+        (Form.COMPACT, bench.compact(address=None)),
+        (Form.EXTENDED, bench.extended(CLIENT)),
+        (Form.EXTENDED, bench.extended(CLIENT6)),
+        (Form.DATAGRAM, bench.datagram(body)),
+    ]
+    checked = 0
+    for form, valid in cases:
+        for mutant in _flips(valid):
+            # Fresh gate each time: a flip must fail on its own merits, not as a replay.
+            fresh = make_bench(allow_unbound=True)
+            assert isinstance(fresh.decide(form, mutant), Rejection), (form, mutant.hex())
+            checked += 1
+        assert isinstance(make_bench(allow_unbound=True).decide(form, valid), Accepted)
+    assert checked == 128 * 2 + 160 + 256 + len(cases[-1][1]) * 8
+
+
+# -- datagrams -------------------------------------------------------------
+
+
+def test_datagram_asks_for_several_ports_and_a_time(bench: Bench) -> None:
+    body = datagram.Body(datagram.Mode.SOURCE, (SSH, RDP), seconds=120)
+    decision = bench.decide(Form.DATAGRAM, bench.datagram(body, source=CLIENT), carrier=Carrier.UDP)
+    assert isinstance(decision, Accepted)
+    assert [(g.request, g.seconds, g.address) for g in decision.grants] == [(SSH, 120, CLIENT), (RDP, 120, CLIENT)]
+
+
+def test_datagram_time_is_capped_by_policy(bench: Bench) -> None:
+    body = datagram.Body(datagram.Mode.SOURCE, (SSH,), seconds=9999)
+    decision = bench.decide(Form.DATAGRAM, bench.datagram(body, source=CLIENT), carrier=Carrier.UDP)
+    assert isinstance(decision, Accepted) and decision.grants[0].seconds == 300
+
+
+def test_source_bound_datagram_from_elsewhere_fails(bench: Bench) -> None:
+    body = datagram.Body(datagram.Mode.SOURCE, (SSH,))
+    assert reason(bench.decide(Form.DATAGRAM, bench.datagram(body, source=CLIENT), source=OTHER)) == Reason.BAD_MAC
+
+
+def test_datagram_replay_and_duplicate(bench: Bench) -> None:
+    body = datagram.Body(datagram.Mode.IPV6, (SSH,), address=CLIENT6)
+    packet = bench.datagram(body)
+    assert isinstance(bench.decide(Form.DATAGRAM, packet, carrier=Carrier.UDP), Accepted)
+    assert isinstance(bench.decide(Form.DATAGRAM, packet, source=OTHER, at=NOW + 2, carrier=Carrier.UDP), Duplicate)
+    assert reason(bench.decide(Form.DATAGRAM, packet, at=NOW + 40, carrier=Carrier.UDP)) == Reason.REPLAY
+
+
+def test_ed25519_datagram_needs_the_private_key(bench: Bench) -> None:
+    body = datagram.Body(datagram.Mode.SOURCE, (SSH,))
+    wire = kdf.derive(bytes(range(32)), kdf.WIRE)
+    good = datagram.seal(bench.obfuscator, 8, NOW, body, aead_key=wire,
+                         signing_key=Ed25519PrivateKey.from_private_bytes(BOB_SEED), source=CLIENT)
+    forged = datagram.seal(bench.obfuscator, 8, NOW, body, aead_key=wire,
+                           signing_key=Ed25519PrivateKey.generate(), source=CLIENT)
+    assert reason(bench.decide(Form.DATAGRAM, forged, carrier=Carrier.UDP)) == Reason.BAD_MAC
+    decision = bench.decide(Form.DATAGRAM, good, carrier=Carrier.UDP)
+    assert isinstance(decision, Accepted) and decision.key == "bob"
+
+
+def test_ed25519_key_cannot_use_symmetric_forms(bench: Bench) -> None:
+    body = datagram.Body(datagram.Mode.SOURCE, (SSH,))
+    packet = datagram.seal(bench.obfuscator, 8, NOW, body, aead_key=bytes(32), source=CLIENT)
+    assert reason(bench.decide(Form.DATAGRAM, packet)) == Reason.UNKNOWN_KEY
+
+
+# -- one-time codes --------------------------------------------------------
+
+
+def _code(at: float = NOW) -> str:
+    return pyotp.TOTP(TOTP_SECRET).at(at)
+
+
+def test_totp_code_opens_the_default_port_once(bench: Bench) -> None:
+    decision = bench.decide(Form.OTP, OtpCode("alice", _code()), carrier=Carrier.DNS)
+    assert isinstance(decision, Accepted) and decision.grants[0].request == SSH
+    assert isinstance(bench.decide(Form.OTP, OtpCode("alice", _code()), at=NOW + 1), Duplicate)
+    assert reason(bench.decide(Form.OTP, OtpCode(7, _code()), source=OTHER, at=NOW + 2)) == Reason.REPLAY
+
+
+def test_totp_code_by_key_id_and_with_an_address(bench: Bench) -> None:
+    decision = bench.decide(Form.OTP, OtpCode(7, _code(NOW - 30), CLIENT6), source=OTHER)
+    assert isinstance(decision, Accepted) and decision.grants[0].address == CLIENT6
+
+
+def test_totp_code_outside_its_steps_is_wrong(bench: Bench) -> None:
+    assert reason(bench.decide(Form.OTP, OtpCode("alice", _code(NOW - 90)))) == Reason.BAD_CODE
+
+
+def test_wrong_codes_lock_out_the_source_then_the_key() -> None:
+    bench = make_bench(GateSettings(otp_failures_per_source=3, otp_failures_per_key=5))
+    wrong = OtpCode("alice", "000000" if _code() != "000000" else "111111")
+    for _ in range(3):
+        assert reason(bench.decide(Form.OTP, wrong)) == Reason.BAD_CODE
+    assert reason(bench.decide(Form.OTP, OtpCode("alice", _code()))) == Reason.LOCKED_OUT
+    # Another source still may, until the key itself is locked out.
+    for n in range(2):
+        decision = bench.decide(Form.OTP, wrong, source=ipaddress.ip_address(f"192.0.2.{n + 1}"))
+        assert reason(decision) == Reason.BAD_CODE
+    assert "key locked out" in decision.detail  # type: ignore[union-attr]
+    assert reason(bench.decide(Form.OTP, OtpCode("alice", _code()), source=OTHER)) == Reason.LOCKED_OUT
+    # Lockouts end.
+    later = NOW + 301
+    assert isinstance(bench.decide(Form.OTP, OtpCode("alice", _code(later)), at=later), Accepted)
+
+
+def test_emergency_codes_work_once_each(bench: Bench) -> None:
+    codes = otp.emergency_codes(EMERGENCY_SECRET, 5)
+    assert isinstance(bench.decide(Form.OTP, OtpCode("alice", codes[3])), Accepted)
+    assert reason(bench.decide(Form.OTP, OtpCode("alice", codes[3]), at=NOW + 3600)) == Reason.REPLAY
+    assert isinstance(bench.decide(Form.OTP, OtpCode(7, codes[0]), at=NOW + 3600), Accepted)
+    beyond = otp.emergency_codes(EMERGENCY_SECRET, 6)[5]
+    assert reason(bench.decide(Form.OTP, OtpCode("alice", beyond))) == Reason.BAD_CODE
+
+
+def test_codes_for_a_key_without_totp(bench: Bench) -> None:
+    assert reason(bench.decide(Form.OTP, OtpCode("bob", "123456"))) == Reason.BAD_CODE
+    assert reason(bench.decide(Form.OTP, OtpCode("carol", "123456"))) == Reason.UNKNOWN_KEY
+
+
+# -- sequences -------------------------------------------------------------
+
+
+def test_sequence_table_covers_the_window_and_hits_are_single_use(bench: Bench) -> None:
+    table = bench.gate.sequences(NOW)
+    steps = {hit.step for hit in table.values()}
+    current = NOW // 30
+    assert steps == set(range(current - 2, current + 3))
+    hit = next(h for h in table.values() if h.step == current and h.request_index == 1)
+    decision = bench.decide(Form.SEQUENCE, hit, carrier=Carrier.SEQUENCE)
+    assert isinstance(decision, Accepted) and decision.grants[0].request == RDP
+    assert reason(bench.decide(Form.SEQUENCE, hit, source=OTHER, at=NOW + 1, carrier=Carrier.SEQUENCE)) == Reason.REPLAY
+
+
+def test_sequence_from_an_old_step_is_stale(bench: Bench) -> None:
+    old = SequenceHit(7, NOW // 30 - 10, 0)
+    assert reason(bench.decide(Form.SEQUENCE, old, carrier=Carrier.SEQUENCE)) == Reason.STALE
+
+
+# -- limits and state ------------------------------------------------------
+
+
+def test_source_rate_limit() -> None:
+    bench = make_bench(GateSettings(source_rate=1.0, source_burst=3), allow_unbound=True)
+    tokens = [bench.compact(time=NOW - i) for i in range(5)]
+    results = [bench.decide(Form.COMPACT, t) for t in tokens]
+    assert [type(r).__name__ for r in results[:3]] == ["Accepted"] * 3
+    assert all(reason(r) == Reason.RATE_LIMITED for r in results[3:])
+
+
+def test_key_grant_rate_limit() -> None:
+    bench = make_bench(GateSettings(key_rate=0.01, key_burst=2))
+    results = [bench.decide(Form.EXTENDED, bench.extended(time=NOW - i)) for i in range(3)]
+    assert isinstance(results[1], Accepted) and reason(results[2]) == Reason.RATE_LIMITED
+
+
+def test_unwritable_ledger_refuses_the_knock(bench: Bench) -> None:
+    def broken(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    bench.ledger.record = broken  # type: ignore[method-assign]
+    decision = bench.decide(Form.COMPACT, bench.compact())
+    assert reason(decision) == Reason.STATE_UNWRITABLE and "No space" in decision.detail  # type: ignore[union-attr]
+
+
+def test_clock_stepped_back_after_pruning_cannot_revive_a_token(bench: Bench) -> None:
+    token = bench.compact()
+    assert isinstance(bench.decide(Form.COMPACT, token), Accepted)
+    bench.ledger.prune(NOW + 10_000)  # the clock ran far ahead and the entry was dropped
+    assert len(bench.ledger) == 0
+    assert reason(bench.decide(Form.COMPACT, token, at=NOW + 5)) == Reason.STALE  # ...then stepped back
+
+
+def test_counts_by_outcome(bench: Bench) -> None:
+    bench.decide(Form.COMPACT, bench.compact())
+    bench.decide(Form.COMPACT, b"junk")
+    assert bench.gate.counts == {"Accepted": 1, "MALFORMED": 1}

@@ -1,0 +1,87 @@
+"""The replay ledger on disk, and the bounded rate limits."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from makings import CLIENT, NOW
+
+from spa.core.ledger import FOREVER, Entry, FileLedger, LedgerCorrupt
+from spa.core.limits import Buckets, Lockout
+
+
+def test_accepted_tokens_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "ledger"
+    ledger = FileLedger(path, retention=660)
+    ledger.record(b"\x01" * 16, Entry(CLIENT, NOW, NOW), NOW)
+    ledger.record(b"code", Entry(CLIENT, NOW, FOREVER), NOW)
+    # No close(): a SIGKILL'd daemon closes nothing; fsync already happened.
+    again = FileLedger(path, retention=660)
+    assert again.get(b"\x01" * 16) == Entry(CLIENT, NOW, NOW)
+    assert again.get(b"code") is not None
+
+
+def test_pruning_raises_a_floor_that_is_persisted(tmp_path: Path) -> None:
+    path = tmp_path / "ledger"
+    ledger = FileLedger(path, retention=100)
+    ledger.record(b"old", Entry(CLIENT, NOW, NOW), NOW)
+    ledger.record(b"new", Entry(CLIENT, NOW + 500, NOW + 500), NOW + 500)  # prunes "old"
+    assert ledger.get(b"old") is None and ledger.floor == NOW
+    assert FileLedger(path, retention=100).floor == NOW
+
+
+def test_emergency_codes_are_never_pruned(tmp_path: Path) -> None:
+    ledger = FileLedger(tmp_path / "ledger", retention=10)
+    ledger.record(b"code", Entry(CLIENT, NOW, FOREVER), NOW)
+    ledger.prune(NOW + 10**9)
+    assert ledger.get(b"code") is not None
+
+
+def test_a_torn_last_line_is_dropped_other_damage_refuses_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "ledger"
+    FileLedger(path, retention=660).record(b"ok", Entry(CLIENT, NOW, NOW), NOW)
+    with open(path, "a") as handle:
+        handle.write("deadbeef 198.51.1")  # the crash came mid-write
+    ledger = FileLedger(path, retention=660)
+    assert ledger.get(b"ok") is not None and len(ledger) == 1
+    ledger.record(b"next", Entry(CLIENT, NOW, NOW), NOW)
+    assert len(FileLedger(path, retention=660)) == 2
+    path.write_text("garbage line\n" + path.read_text())
+    with pytest.raises(LedgerCorrupt, match=r"ledger:1: damaged"):
+        FileLedger(path, retention=660)
+
+
+def test_compaction_keeps_live_entries(tmp_path: Path) -> None:
+    path = tmp_path / "ledger"
+    ledger = FileLedger(path, retention=10)
+    for i in range(1500):
+        ledger.record(i.to_bytes(4, "big"), Entry(CLIENT, NOW + i * 20, NOW + i * 20), NOW + i * 20)
+    lines = path.read_text().count("\n")
+    assert lines < 1500  # rewritten along the way
+    reloaded = FileLedger(path, retention=10)
+    assert reloaded.get((1499).to_bytes(4, "big")) is not None
+    assert reloaded.floor >= NOW + 1400 * 20
+
+
+def test_buckets_refill_and_stay_bounded() -> None:
+    buckets = Buckets(rate=1.0, burst=2, capacity=100)
+    assert [buckets.take("a", 0.0) for _ in range(3)] == [True, True, False]
+    assert buckets.take("a", 1.0)
+    for n in range(1000):
+        buckets.take(ipaddress.ip_address(n), 0.0)
+    assert len(buckets) == 100
+
+
+def test_lockout_threshold_period_and_expiry() -> None:
+    lockout = Lockout(threshold=3, period=60, lockout=100, capacity=10)
+    assert [lockout.fail("k", t) for t in (0, 1, 2)] == [False, False, True]
+    assert lockout.locked("k", 50) and not lockout.locked("k", 103)
+    assert not lockout.fail("k", 70)  # still locked: counting goes on, no new lockout
+    assert lockout.locked("k", 101)  # the period ending does not end a lockout in force
+    fresh = Lockout(threshold=2, period=10, lockout=100, capacity=10)
+    fresh.fail("s", 0)
+    assert not fresh.fail("s", 20)  # the first failure fell out of the period
+    fresh.succeed("s")
+    assert not fresh.fail("s", 21)
