@@ -65,19 +65,6 @@ class GateSettings:
             raise ValueError("repeat_window must be 0..time_window seconds")
 
 
-@dataclass(frozen=True)
-class _Claim:
-    """A knock that passed authentication, before policy and replay."""
-
-    entry: KeyEntry
-    token_id: bytes
-    time: int
-    address: IPAddress
-    requests: tuple[Request, ...]
-    seconds: int = 0
-    unbound: bool = False
-
-
 class Gate:
     """Decides knocks against a keyring, a ledger and bounded rate state."""
 
@@ -105,7 +92,10 @@ class Gate:
 
     def decide(self, knock: Knock) -> Decision:
         decision = self._handlers[knock.form](knock)
-        self.counts[decision.reason.name if isinstance(decision, Rejection) else type(decision).__name__] += 1
+        if type(decision) is Rejection:
+            self.counts[decision.reason.name] += 1
+        else:
+            self.counts[type(decision).__name__] += 1
         return decision
 
     # -- helpers ---------------------------------------------------------
@@ -134,24 +124,33 @@ class Gate:
             return Duplicate(knock.source, knock.carrier, key)
         return self._reject(knock, Reason.REPLAY, f"first accepted for {entry.address}", key)
 
-    def _finish(self, knock: Knock, claim: _Claim) -> Decision:
-        """Policy, per-key rate and the ledger: the common end of every form."""
-        entry = claim.entry
+    def _finish(
+        self,
+        knock: Knock,
+        entry: KeyEntry,
+        token_id: bytes,
+        time: int,
+        address: IPAddress,
+        requests: tuple[Request, ...],
+        seconds: int = 0,
+        unbound: bool = False,
+    ) -> Decision:
+        """Policy, per-key rate and the ledger: the common end of every form.
+
+        Called only for knocks that passed authentication.
+        """
         policy = entry.record.policy
-        refusal = policy.refusal(knock.carrier, claim.address, claim.requests, claim.unbound)
+        refusal = policy.refusal(knock.carrier, address, requests, unbound)
         if refusal:
             return self._reject(knock, Reason.POLICY, refusal, entry.name)
         if not self._key_rate.take(entry.record.key_id, knock.received):
             return self._reject(knock, Reason.RATE_LIMITED, "too many grants for this key", entry.name)
         try:
-            self.ledger.record(claim.token_id, Entry(claim.address, knock.received, claim.time), knock.received)
+            self.ledger.record(token_id, Entry(address, knock.received, time), knock.received)
         except OSError as problem:
             return self._reject(knock, Reason.STATE_UNWRITABLE, str(problem), entry.name)
-        seconds = policy.grant_seconds(claim.seconds)
-        grants = tuple(
-            Grant(claim.address, request, seconds, entry.name, knock.carrier, policy.single_use)
-            for request in claim.requests
-        )
+        granted = policy.grant_seconds(seconds)
+        grants = tuple([Grant(address, r, granted, entry.name, knock.carrier, policy.single_use) for r in requests])
         return Accepted(grants, entry.name, knock.carrier, knock.source)
 
     # -- compact and extended tokens -------------------------------------
@@ -164,18 +163,17 @@ class Gate:
 
     def _extended(self, knock: Knock) -> Decision:
         payload = knock.payload
-        split = compact.split_extended(self.keyring.obfuscator, payload) if isinstance(payload, bytes) else None
-        if split is None:
+        if not isinstance(payload, bytes) or len(payload) not in compact.EXTENDED_SIZES:
             return self._reject(knock, Reason.MALFORMED, "not an extended token")
-        token, address = split
-        return self._token(knock, token, address)
+        return self._token(knock, payload[: compact.SIZE], payload)
 
-    def _token(self, knock: Knock, token: bytes, explicit: IPAddress | None) -> Decision:
+    def _token(self, knock: Knock, token: bytes, extended: bytes | None) -> Decision:
+        """Compact and extended tokens; ``extended`` is the whole extended token."""
         opened = compact.open_block(self.keyring.obfuscator, token)
         if opened is None:
             return self._reject(knock, Reason.MALFORMED, "not an spa token")
         fields, plain = opened
-        if (fields.mode == AddressMode.EXPLICIT) != (explicit is not None):
+        if (fields.mode == AddressMode.EXPLICIT) != (extended is not None):
             return self._reject(knock, Reason.MALFORMED, "address mode does not fit the form")
         entry = self.keyring.by_id.get(fields.key_id)
         if entry is None or entry.mac_key is None:
@@ -183,7 +181,7 @@ class Gate:
         stale = self._stale(knock, fields.time)
         if stale:
             return self._reject(knock, Reason.STALE, stale, entry.name)
-        address = explicit if explicit is not None else knock.source
+        address = knock.source if extended is None else compact.unmask_address(self.keyring.obfuscator, extended)
         seen = self._seen(knock, token, address, entry.name)
         if seen is not None:
             return seen
@@ -195,11 +193,10 @@ class Gate:
         policy = entry.record.policy
         if fields.request_index >= len(policy.open):
             return self._reject(knock, Reason.POLICY, f"no port at index {fields.request_index}", entry.name)
-        claim = _Claim(
-            entry, token, fields.time, address, (policy.open[fields.request_index],),
+        return self._finish(
+            knock, entry, token, fields.time, address, (policy.open[fields.request_index],),
             unbound=fields.mode == AddressMode.UNBOUND,
         )
-        return self._finish(knock, claim)
 
     # -- SPA datagrams ---------------------------------------------------
 
@@ -232,11 +229,10 @@ class Gate:
         seen = self._seen(knock, header.sealed, address, entry.name)
         if seen is not None:
             return seen
-        claim = _Claim(
-            entry, header.sealed, header.time, address, body.requests,
+        return self._finish(
+            knock, entry, header.sealed, header.time, address, body.requests,
             seconds=body.seconds, unbound=body.mode == datagram.Mode.UNBOUND,
         )
-        return self._finish(knock, claim)
 
     # -- one-time codes --------------------------------------------------
 
@@ -266,7 +262,7 @@ class Gate:
         seen = self._seen(knock, token_id, address, entry.name)
         if seen is not None:
             return seen
-        return self._finish(knock, _Claim(entry, token_id, token_time, address, (record.policy.open[0],)))
+        return self._finish(knock, entry, token_id, token_time, address, (record.policy.open[0],))
 
     def _match_code(self, entry: KeyEntry, digits: str, now: float) -> tuple[bytes, int] | None:
         """The ledger id and time of the code ``digits`` matches, or None."""
@@ -297,7 +293,7 @@ class Gate:
         Covers the steps within the time window on either side of now.
         """
         rule = self.settings.sequence
-        reach = -(-self.settings.time_window // rule.step_seconds)  # ceiling division
+        reach = self._sequence_reach()
         current = rule.step_at(now)
         table: dict[tuple[int, ...], SequenceHit] = {}
         for entry in self.keyring.by_id.values():
@@ -309,6 +305,10 @@ class Gate:
                     table[ports(entry.sequence_key, step, index, rule)] = hit
         return table
 
+    def _sequence_reach(self) -> int:
+        """How many steps either side of now the time window covers (rounded up)."""
+        return -(-self.settings.time_window // self.settings.sequence.step_seconds)
+
     def _sequence(self, knock: Knock) -> Decision:
         hit = knock.payload
         if not isinstance(hit, SequenceHit):
@@ -317,9 +317,10 @@ class Gate:
         if entry is None or entry.sequence_key is None:
             return self._reject(knock, Reason.UNKNOWN_KEY, f"key id {hit.key_id}")
         rule = self.settings.sequence
-        stale = self._stale(knock, hit.step * rule.step_seconds + rule.step_seconds // 2)
-        if stale:
-            return self._reject(knock, Reason.STALE, stale, entry.name)
+        if abs(hit.step - rule.step_at(knock.received)) > self._sequence_reach():
+            return self._reject(knock, Reason.STALE, f"sequence of step {hit.step} is outside the window", entry.name)
+        if hit.step * rule.step_seconds <= self.ledger.floor:
+            return self._reject(knock, Reason.STALE, "sequence older than the replay horizon", entry.name)
         policy = entry.record.policy
         if hit.request_index >= len(policy.open):
             return self._reject(knock, Reason.POLICY, f"no port at index {hit.request_index}", entry.name)
@@ -327,5 +328,6 @@ class Gate:
         seen = self._seen(knock, token_id, knock.source, entry.name)
         if seen is not None:
             return seen
-        claim = _Claim(entry, token_id, hit.step * rule.step_seconds, knock.source, (policy.open[hit.request_index],))
-        return self._finish(knock, claim)
+        return self._finish(
+            knock, entry, token_id, hit.step * rule.step_seconds, knock.source, (policy.open[hit.request_index],)
+        )

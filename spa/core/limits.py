@@ -9,7 +9,6 @@ practice) is what stops guessing.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -21,7 +20,9 @@ class Buckets:
         self.rate = rate
         self.burst = burst
         self.capacity = capacity
-        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
+        # A dict keeps insertion order: pop and re-insert moves a key to the end,
+        # so the first key is the least recently used.
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -33,7 +34,7 @@ class Buckets:
         allowed = tokens >= 1.0
         self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
         if len(self._buckets) > self.capacity:
-            self._buckets.popitem(last=False)
+            del self._buckets[next(iter(self._buckets))]
         return allowed
 
 
@@ -52,7 +53,7 @@ class Lockout:
         self.period = period
         self.lockout = lockout
         self.capacity = capacity
-        self._strikes: OrderedDict[Hashable, _Strikes] = OrderedDict()
+        self._strikes: dict[Hashable, _Strikes] = {}
 
     def __len__(self) -> int:
         return len(self._strikes)
@@ -72,7 +73,7 @@ class Lockout:
             strikes.locked_until = now + self.lockout
         self._strikes[key] = strikes
         if len(self._strikes) > self.capacity:
-            self._strikes.popitem(last=False)
+            del self._strikes[next(iter(self._strikes))]
         return started
 
     def succeed(self, key: Hashable) -> None:

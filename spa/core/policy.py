@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any, TypeVar, Union
 
 from .events import Carrier, IPAddress, Request
@@ -43,6 +44,10 @@ class Policy:
         if not 1 <= self.seconds <= self.max_seconds <= 86400:
             raise ValueError("need 1 <= seconds <= max_seconds <= 86400")
 
+    @cached_property
+    def _everywhere(self) -> bool:
+        return all(network.prefixlen == 0 for network in self.sources) and len({n.version for n in self.sources}) == 2
+
     def grant_seconds(self, asked: int) -> int:
         """The grant length: the asked value capped by max_seconds (0: default)."""
         return self.seconds if asked == 0 else min(asked, self.max_seconds)
@@ -53,7 +58,9 @@ class Policy:
             return f"carrier {carrier.value} not allowed"
         if unbound and not self.allow_unbound:
             return "unbound tokens not allowed"
-        if not any(address in network for network in self.sources if network.version == address.version):
+        if not self._everywhere and not any(
+            address in network for network in self.sources if network.version == address.version
+        ):
             return f"address {address} outside allowed sources"
         for request in requests:
             if request not in self.open:
