@@ -226,3 +226,13 @@ def _parse_element(entry: Any) -> _Element | None:
     return _Element(
         ipaddress.ip_address(text), Request(PROTOCOL_NAMES[proto], port), expires, comment
     )
+
+
+def parse_tables(listing: str, family: str) -> set[str]:
+    """Table names of ``family`` from ``nft list tables`` text output."""
+    names = set()
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "table" and parts[1] == family:
+            names.add(parts[2])
+    return names

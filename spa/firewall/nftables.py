@@ -71,14 +71,23 @@ class NftablesBackend:
         log.info("revoked %s for %s", request, address)
 
     def live(self) -> list[LiveGrant]:
-        table = f"{self.settings.family} {self.settings.grant_table}"
-        try:
-            document = self._nft.run_json(f"list table {table}")
-        except NftError as error:
-            if "No such file or directory" in str(error):
-                return []  # no daemon running: nothing granted
-            raise FirewallError(f"cannot list grants: {error}") from error
-        return nft_render.parse_live(document, self.settings)
+        """Read the grant sets back (one listing per set).
+
+        Sets, not the table: libnftables 1.0.6 prints an owned table's
+        ``flags`` in JSON from the wrong name array (garbage or a truncated
+        document), so a table listing cannot be parsed reliably.
+        """
+        family, table = self.settings.family, self.settings.grant_table
+        items: list[object] = []
+        for name in nft_render.SET_KINDS:
+            try:
+                document = self._nft.run_json(f"list set {family} {table} {name}")
+            except NftError as error:
+                if "No such file or directory" in str(error):
+                    continue  # no grant table (no daemon): nothing granted
+                raise FirewallError(f"cannot list grants: {error}") from error
+            items.extend(document.get("nftables", []))
+        return nft_render.parse_live({"nftables": items}, self.settings)
 
     def uninstall(self) -> None:
         """Delete spa's two tables, nothing else; missing tables are fine."""
@@ -98,16 +107,16 @@ class NftablesBackend:
                 raise FirewallError(f"cannot remove table {table}: {error}") from error
 
     def tables(self) -> set[str]:
-        """Names of the tables of our family that exist now (ours or not)."""
+        """Names of the tables of our family that exist now (ours or not).
+
+        Text output on purpose: the JSON listing of an owned table is broken
+        in libnftables 1.0.6 (see :meth:`live`).
+        """
         try:
-            document = self._nft.run_json("list tables")
+            listing = self._nft.run("list tables")
         except NftError as error:
             raise FirewallError(f"cannot list tables: {error}") from error
-        return {
-            item["table"]["name"]
-            for item in document.get("nftables", [])
-            if "table" in item and item["table"].get("family") == self.settings.family
-        }
+        return nft_render.parse_tables(listing, self.settings.family)
 
     def close(self) -> None:
         self._nft.close()
