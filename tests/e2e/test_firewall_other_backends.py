@@ -6,20 +6,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROTECT, SERVICE_PORT, OTHER_PORT, Scene, make_scene
+from world.scene import ALICE4, ALICE6, OTHER_PORT, PROTECT, SERVICE_PORT, Scene, make_scene
 from world import World, need_netns
 from world.netns import AgentError
 
 pytestmark = pytest.mark.netns
 
-ALICE4, ALICE6 = "10.77.1.2", "fd77:1::2"
-
 
 def grant(scene: Scene, address: str = ALICE4, seconds: int = 2, **extra: object) -> float:
-    made = time.monotonic()
-    scene.server.call("grant", address=address, request=f"tcp/{SERVICE_PORT}",
-                      seconds=seconds, key="alice", **extra)
-    return made
+    return scene.grant(address, seconds, **extra)
 
 
 def test_iptables_round_trip(iptables_scene: Scene) -> None:

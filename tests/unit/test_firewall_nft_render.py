@@ -128,3 +128,8 @@ def test_parse_live_reads_sets_back_soonest_first() -> None:
         ("fd00::2", "tcp/3389", 4.0, None, True),
         ("10.9.0.2", "tcp/22", 12.0, "alice", False),
     ]
+
+
+def test_parse_tables_from_text_listing() -> None:
+    listing = "table inet spa_guard\ntable inet spa_grant\ntable ip filter\ntable inet host_fw\n"
+    assert nft_render.parse_tables(listing, "inet") == {"spa_guard", "spa_grant", "host_fw"}
