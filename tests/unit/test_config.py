@@ -159,3 +159,16 @@ def test_check_summarises(server: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["check", "--config", str(server)]) == 0
     out = capsys.readouterr().out
     assert f"{server}: OK" in out and "alice" in out and "secret+totp" in out
+
+
+def test_the_example_key_in_the_checkout_is_the_test_vector_key(tmp_path: Path) -> None:
+    import shutil
+
+    import vectors
+
+    copy = tmp_path / "alice.spakey"
+    shutil.copy(Path(vectors.PATH).parents[1] / "keys" / "example-alice.spakey", copy)
+    os.chmod(copy, 0o600)
+    key = keys.load_client_key(copy)
+    assert key.secret == vectors.SECRET and key.obfuscation_key == vectors.OBFUSCATION_KEY
+    assert key.key_id == vectors.KEY_ID and [str(r) for r in key.open] == vectors.OPEN
