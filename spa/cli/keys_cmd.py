@@ -15,6 +15,7 @@ from spa.core import keys, otp
 from spa.core.events import Request
 from spa.core.keys import ClientKey, KeyRecord
 from spa.errors import SpaError
+from spa.firewall.settings import BACKENDS
 
 CONFIG_TEMPLATE = """\
 # spa server configuration. Paths are relative to this file.
@@ -85,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     init.add_argument("--protect", required=True, help="ports to hide, e.g. tcp/22,tcp/3389")
     init.add_argument("--zone", default="", help="DNS knock zone delegated to this server")
     init.add_argument("--interface", action="append", default=[], help="interface to listen on (repeatable)")
-    init.add_argument("--backend", default="nftables", choices=config_module.BACKENDS)
+    init.add_argument("--backend", default="nftables", choices=BACKENDS)
     init.set_defaults(func=run_init)
 
     keygen = subparsers.add_parser(

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from spa.errors import ConfigError
+from spa.firewall.settings import BACKENDS, FirewallSettings, FirewallSettingsError
 
 from . import tomlfile
 from .events import Request
@@ -28,19 +29,6 @@ T = TypeVar("T")
 
 SECRET_SIZE = 32
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
-
-
-@dataclass(frozen=True)
-class FirewallConfig:
-    """The ``[firewall]`` table: which backend, which ports the guard protects.
-
-    ``options`` keeps the backend's own options as written; the firewall
-    package validates them (it knows what each backend takes).
-    """
-
-    backend: str = "nftables"
-    protect: tuple[Request, ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,11 +48,10 @@ class Config:
     interfaces: tuple[str, ...]  # empty: every interface
     policy: Policy
     gate: GateSettings
-    firewall: FirewallConfig
+    firewall: FirewallSettings
     carriers: dict[str, CarrierConfig]
 
 
-BACKENDS = ("nftables", "iptables", "command", "dry-run")
 CARRIERS = ("icmp", "dns", "udp", "sequence")
 SECTIONS = ("server", "policy", "limits", "otp", "firewall", "carriers")
 SERVER_OPTIONS = ("keys_dir", "state_dir", "secret_file", "interfaces", "time_window", "repeat_window")
@@ -172,15 +159,8 @@ def load(path: Path) -> Config:
         tracked_sources=limits.number("tracked_sources", 65536, 16, 10_000_000),
     )
 
-    firewall = _Reader(doc, ("firewall",), None)
-    backend = firewall.text("backend", "nftables")
-    if backend not in BACKENDS:
-        firewall.fail("backend", f"expected one of {', '.join(BACKENDS)}")
-    protect_value = firewall.node.get("protect")
-    if not isinstance(protect_value, list) or not protect_value or not all(isinstance(p, str) for p in protect_value):
-        firewall.fail("protect", 'expected a non-empty list such as ["tcp/22"]')
-    protect = firewall.convert("protect", lambda: tuple(Request.parse(p) for p in protect_value))
-    options = {k: v for k, v in firewall.node.items() if k not in ("backend", "protect")}
+    firewall = _read_firewall(doc)
+    protect = firewall.protect
 
     carriers_node = _Reader(doc, ("carriers",), CARRIERS)
     carriers: dict[str, CarrierConfig] = {}
@@ -202,9 +182,41 @@ def load(path: Path) -> Config:
         interfaces=interfaces,
         policy=policy,
         gate=gate,
-        firewall=FirewallConfig(backend, protect, options),
+        firewall=firewall,
         carriers=carriers,
     )
+
+
+def _read_firewall(doc: Document) -> FirewallSettings:
+    """The ``[firewall]`` table onto FirewallSettings, field by field."""
+    defaults = FirewallSettings()
+    table = _Reader(doc, ("firewall",), tuple(f.name for f in fields(FirewallSettings)))
+    values: dict[str, Any] = {}
+    backend = table.text("backend", defaults.backend)
+    if backend not in BACKENDS:
+        table.fail("backend", f"expected one of {', '.join(BACKENDS)}")
+    if "protect" not in table.node:
+        table.fail("protect", 'missing: which ports should the guard hide? e.g. ["tcp/22"]')
+    for option, value in table.node.items():
+        default = getattr(defaults, option)
+        if option in ("protect", "single_use"):
+            if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                table.fail(option, 'expected a list such as ["tcp/22"]')
+            values[option] = table.convert(option, lambda v=value: tuple(Request.parse(p) for p in v))
+        elif option in ("start_command", "stop_command"):
+            if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                table.fail(option, 'expected an argument list such as ["/usr/local/bin/open", "%IP%"]')
+            values[option] = tuple(value)
+        elif isinstance(default, bool):
+            values[option] = table.flag(option, default)
+        elif isinstance(default, int):
+            values[option] = table.number(option, default, -(2**32), 2**32)
+        else:
+            values[option] = table.text(option, default)
+    try:
+        return FirewallSettings(**values)
+    except FirewallSettingsError as problem:
+        doc.fail(("firewall",), str(problem))
 
 
 def read_server_secret(path: Path) -> bytes:

@@ -172,3 +172,16 @@ def test_the_example_key_in_the_checkout_is_the_test_vector_key(tmp_path: Path) 
     key = keys.load_client_key(copy)
     assert key.secret == vectors.SECRET and key.obfuscation_key == vectors.OBFUSCATION_KEY
     assert key.key_id == vectors.KEY_ID and [str(r) for r in key.open] == vectors.OPEN
+
+
+def test_firewall_table_maps_onto_firewall_settings(server: Path) -> None:
+    line = _edit(server, 'backend = "dry-run"', 'backend = "dry-run"\nsingle_use = ["tcp/22"]\nmark = 4096')
+    loaded = config.load(server).firewall
+    assert loaded.backend == "dry-run" and loaded.mark == 4096 and [str(r) for r in loaded.single_use] == ["tcp/22"]
+    _edit(server, "mark = 4096", "grant_table = 7")
+    with pytest.raises(ConfigError) as caught:
+        config.load(server)
+    assert (caught.value.line, caught.value.option) == (line + 2, "firewall.grant_table")
+    _edit(server, "grant_table = 7", 'guard_table = "spa_grant"')
+    with pytest.raises(ConfigError, match="guard_table and grant_table must differ"):
+        config.load(server)
