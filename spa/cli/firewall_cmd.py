@@ -6,13 +6,14 @@ ruleset, so the ports stay closed while spa is not running. ``uninstall``
 removes spa's own tables, chains and sets and nothing else. ``status`` lists
 the grants open right now.
 
-Until the configuration parser lands these verbs take their settings from
-``--backend`` and ``--protect``; ``--config`` is accepted and refused clearly.
+Settings come from ``--config`` (the ``[firewall]`` table), overridden by
+``--backend`` and ``--protect``, or from those flags alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -71,16 +72,14 @@ def _settings_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> FirewallSettings:
-    """FirewallSettings from the command line (and, later, the config file)."""
-    if args.config:
-        # TODO(core): once spa.core.config exists, load args.config here and
-        # start from its FirewallSettings, letting --backend/--protect override.
-        # Deliberately not imported before that module lands.
-        raise SpaError(
-            f"--config {args.config}: reading the configuration is not available yet; "
-            "use --backend and --protect"
-        )
+    """FirewallSettings from the config file's [firewall] table, if given,
+    with --backend and --protect overriding it."""
     values: dict[str, object] = {}
+    if args.config:
+        from spa.core import config  # only when asked: the verbs also work without a config
+
+        values = {f.name: getattr(config.load(Path(args.config)).firewall, f.name)
+                  for f in dataclasses.fields(FirewallSettings)}
     if args.backend:
         values["backend"] = args.backend
     if args.protect:

@@ -42,9 +42,18 @@ def test_protect_and_backend_flags() -> None:
     assert settings.protect == (Request("tcp", 22), Request("tcp", 3389), Request("udp", 53))
 
 
-def test_config_is_refused_until_the_parser_lands() -> None:
-    with pytest.raises(SpaError, match="not available yet"):
-        CMD.settings_from_args(parse("status", "--config", "/etc/spa/spa.toml"))
+def test_settings_come_from_the_config_with_flags_overriding(tmp_path: Path) -> None:
+    from spa.cli import main
+
+    assert main(["init", "--dir", str(tmp_path), "--protect", "tcp/22,tcp/2222", "--backend", "dry-run"]) == 0
+    config = str(tmp_path / "spa.toml")
+    settings = CMD.settings_from_args(parse("status", "--config", config))
+    assert settings.backend == "dry-run" and settings.protect == (Request("tcp", 22), Request("tcp", 2222))
+    assert CMD.settings_from_args(parse("status", "--config", config, "--protect", "udp/53")).protect == (
+        Request("udp", 53),
+    )
+    with pytest.raises(SpaError, match="no such file"):
+        CMD.settings_from_args(parse("status", "--config", str(tmp_path / "missing.toml")))
 
 
 def test_bad_protect_is_one_line_error() -> None:
