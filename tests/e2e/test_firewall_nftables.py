@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from world.scene import ALICE4, ALICE6, OTHER_PORT, PROTECT, SERVICE_PORT, Scene, make_scene
 from world import World, need_netns
-from world.netns import HERE, wait_until
+from world.netns import wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -141,7 +141,7 @@ def test_coexists_with_a_foreign_ruleset(world: World, tmp_path: Path) -> None:
 
 
 def run_cli(world: World, *argv: str) -> str:
-    result = world.server.run([sys.executable, str(HERE / "spa_cli.py"), *argv])
+    result = world.server.run([sys.executable, "-m", "spa", *argv])
     return result.stdout
 
 

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import ipaddress
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-import spa
+from spa.cli import firewall_cmd
 from spa.core.events import Request
 from spa.errors import SpaError
 from spa.firewall import LiveGrant
 
-
-def firewall_cmd() -> ModuleType:
-    # Loaded by path: spa/cli/__init__.py imports verb modules still being written.
-    path = Path(spa.__file__).parent / "cli" / "firewall_cmd.py"
-    spec = importlib.util.spec_from_file_location("firewall_cmd_under_test", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CMD = firewall_cmd()
+CMD = firewall_cmd
 
 
 def parse(*argv: str) -> argparse.Namespace:
