@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from world.scene import ALICE4, ALICE6, OTHER_PORT, PROTECT, SERVICE_PORT, Scene, make_scene
 from world import World, need_netns
+from world.scene import ALICE4, ALICE6, OTHER_PORT, PROTECT, SERVICE_PORT, Scene, make_scene
 from world.netns import AgentError
 
 pytestmark = pytest.mark.netns

@@ -142,7 +142,7 @@ class World:
             self._made.append(host.netns)
             host.run(["ip", "link", "set", "lo", "up"])
         for index, client in ((1, self.alice), (2, self.bob)):
-            inside, outside = f"to{client.netns[-5:]}", "uplink"
+            inside, outside = f"client{index}", "uplink"
             # Created inside the server namespace, peer moved straight into the
             # client's: no interface ever appears in the root namespace.
             run(["ip", "-n", self.server.netns, "link", "add", inside, "type", "veth",
