@@ -190,7 +190,8 @@ def load(path: Path) -> Config:
 def _read_firewall(doc: Document) -> FirewallSettings:
     """The ``[firewall]`` table onto FirewallSettings, field by field."""
     defaults = FirewallSettings()
-    table = _Reader(doc, ("firewall",), tuple(f.name for f in fields(FirewallSettings)))
+    # quiet (the knock ports) is derived from the carriers, not configured.
+    table = _Reader(doc, ("firewall",), tuple(f.name for f in fields(FirewallSettings) if f.name != "quiet"))
     values: dict[str, Any] = {}
     backend = table.text("backend", defaults.backend)
     if backend not in BACKENDS:

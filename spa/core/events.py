@@ -67,6 +67,7 @@ class Form(enum.Enum):
     DATAGRAM = "datagram"  # SPA datagram over UDP (AEAD or Ed25519-signed)
     OTP = "otp"  # TOTP or emergency HOTP code typed by hand
     SEQUENCE = "sequence"  # a completed OTP-derived port sequence
+    STATIC = "static"  # a completed knockd-style fixed port sequence (no secret but the ports)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,14 @@ class SequenceHit:
     request_index: int
 
 
-Payload = Union[bytes, OtpCode, SequenceHit]
+@dataclass(frozen=True)
+class StaticHit:
+    """A fixed (knockd-style) port sequence, named as in ``[sequences.NAME]``, seen in full."""
+
+    name: str
+
+
+Payload = Union[bytes, OtpCode, SequenceHit, StaticHit]
 
 
 @dataclass(frozen=True)

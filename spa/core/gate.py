@@ -32,6 +32,7 @@ from .events import (
     Rejection,
     Request,
     SequenceHit,
+    StaticHit,
 )
 from .keyring import KeyEntry, Keyring
 from .ledger import FOREVER, Entry, Ledger
@@ -84,6 +85,7 @@ class Gate:
             Form.DATAGRAM: self._datagram,
             Form.OTP: self._otp,
             Form.SEQUENCE: self._sequence,
+            Form.STATIC: self._static,
         }
 
     def replace_keyring(self, keyring: Keyring) -> None:
@@ -331,3 +333,28 @@ class Gate:
         return self._finish(
             knock, entry, token_id, hit.step * rule.step_seconds, knock.source, (policy.open[hit.request_index],)
         )
+
+    def _static(self, knock: Knock) -> Decision:
+        """A fixed sequence: no token, so no ledger; policy and rates still apply.
+
+        Anyone who saw the ports can send them again: that is the known
+        weakness of fixed sequences, accepted here for knockd compatibility.
+        """
+        hit = knock.payload
+        if not isinstance(hit, StaticHit):
+            return self._reject(knock, Reason.MALFORMED, "not a fixed sequence")
+        static = self.keyring.statics.get(hit.name)
+        if static is None:
+            return self._reject(knock, Reason.UNKNOWN_KEY, f"sequence {hit.name}")
+        who = f"sequence:{static.name}"
+        policy = static.policy
+        refusal = policy.refusal(knock.carrier, knock.source, policy.open, False)
+        if refusal:
+            return self._reject(knock, Reason.POLICY, refusal, who)
+        if not self._source_rate.take(knock.source, knock.received):
+            return self._reject(knock, Reason.RATE_LIMITED, "too many attempts from this source", who)
+        if not self._key_rate.take(who, knock.received):
+            return self._reject(knock, Reason.RATE_LIMITED, "too many grants for this sequence", who)
+        seconds = policy.grant_seconds(0)
+        grants = tuple(Grant(knock.source, r, seconds, who, knock.carrier, policy.single_use) for r in policy.open)
+        return Accepted(grants, who, knock.carrier, knock.source)

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from . import kdf, otp
 from .compact import Obfuscator
 from .keys import KeyRecord
+from .sequence import StaticSequence
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,15 @@ def _entry(record: KeyRecord) -> KeyEntry:
 
 
 class Keyring:
-    """Keys by id and by name, the obfuscation cipher and the wire AEAD."""
+    """Keys by id and by name, the obfuscation cipher and the wire AEAD.
 
-    def __init__(self, obfuscation_key: bytes, records: list[KeyRecord]) -> None:
+    Fixed port sequences live here too: like keys, they are what lets
+    someone in, and a reload replaces them together.
+    """
+
+    def __init__(
+        self, obfuscation_key: bytes, records: list[KeyRecord], statics: tuple[StaticSequence, ...] = ()
+    ) -> None:
         self.obfuscator = Obfuscator(obfuscation_key)
         self.wire = ChaCha20Poly1305(kdf.derive(obfuscation_key, kdf.WIRE))
         self.by_id: dict[int, KeyEntry] = {}
@@ -60,6 +67,7 @@ class Keyring:
             entry = _entry(record)
             self.by_id[record.key_id] = entry
             self.by_name[record.name] = entry
+        self.statics: dict[str, StaticSequence] = {static.name: static for static in statics}
 
     def __len__(self) -> int:
         return len(self.by_id)

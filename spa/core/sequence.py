@@ -1,4 +1,6 @@
-"""Port sequences derived from a one-time password, for the stock ``knock``.
+"""Port sequences for the stock ``knock`` client: one-time and fixed.
+
+One-time sequences:
 
 The ports for time step ``s`` and request index ``i`` are drawn from
 ``HMAC-SHA256(K_seq, "spa1 sequence" | s (8) | i (1) | block (1))``, two
@@ -12,6 +14,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+
+from .events import Request
+from .policy import Policy
 
 CONTEXT = b"spa1 sequence"
 
@@ -55,3 +60,29 @@ def ports(sequence_key: bytes, step: int, request_index: int, rule: SequenceRule
                     break
         block += 1
     return tuple(chosen)
+
+
+@dataclass(frozen=True)
+class StaticSequence:
+    """A knockd-style fixed sequence, one ``[sequences.NAME]`` table.
+
+    Whoever sends ``steps`` in order, each within ``timeout`` seconds of the
+    first, is granted ``policy.open`` for their own address. There is no
+    secret but the ports, so a sniffed sequence works again: this exists for
+    people moving from knockd, and docs/carriers.md says to prefer the
+    one-time kind.
+    """
+
+    name: str
+    steps: tuple[Request, ...]
+    policy: Policy
+    timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.steps) <= 16:
+            raise ValueError("a sequence has 1-16 ports")
+        if any(a == b for a, b in zip(self.steps, self.steps[1:])):
+            # Duplicate SYNs are ignored, so a port twice in a row could never match.
+            raise ValueError("a port may not follow itself in a sequence")
+        if not 0.1 <= self.timeout <= 3600:
+            raise ValueError("timeout must be 0.1-3600 seconds")

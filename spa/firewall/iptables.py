@@ -75,6 +75,9 @@ class IptablesBackend:
         ]
         for request in sorted(set(self.settings.protect)):
             rules.append(["-p", request.proto, "--dport", str(request.port), "-j", "DROP"])
+        # Knock ports: spa hears them before netfilter; everyone else sees nothing.
+        for proto, low, high in sorted(set(self.settings.quiet)):
+            rules.append(["-p", proto, "--dport", f"{low}:{high}", "-j", "DROP"])
         for rule in rules:
             self._run([tool, "-w", "-A", self.chain, *rule], f"add rule to {self.chain}")
         # Exactly one jump, at the top of INPUT: remove stale ones, then insert.

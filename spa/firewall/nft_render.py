@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from spa.core.events import PROTOCOL_NAMES, Grant, IPAddress, Request
+from spa.core.events import PROTOCOL_NAMES, PROTOCOLS, Grant, IPAddress, Request
 
 from .base import LiveGrant
 from .settings import FirewallSettings
@@ -79,11 +79,33 @@ def guard_script(settings: FirewallSettings) -> str:
     ``table X`` + ``delete table X`` + the definition make the script
     idempotent in one transaction: loading it twice, or over an older guard,
     never leaves a moment without the drop rule. Usable as the boot-time file.
+
+    Knock ports (``settings.quiet``) are dropped unconditionally, except for
+    replies to connections this host opened (an outgoing connection may use
+    a source port inside the one-time sequence range).
     """
     t = f"{settings.family} {settings.guard_table}"
     ports = ", ".join(f"{r.proto_number} . {r.port}" for r in sorted(set(settings.protect)))
     mark = mark_hex(settings)
     listed = ", ".join(str(r) for r in sorted(set(settings.protect)))
+    quiet_set = ""
+    other = "meta l4proto . th dport != @protected accept"
+    quiet_rule = ""
+    if settings.quiet:
+        ranges = ", ".join(
+            f"{PROTOCOLS[proto]} . {low}" if low == high else f"{PROTOCOLS[proto]} . {low}-{high}"
+            for proto, low, high in sorted(set(settings.quiet))
+        )
+        quiet_set = (
+            f"\tset quiet {{\n"
+            f"\t\ttype inet_proto . inet_service\n"
+            f"\t\tflags interval\n"
+            f"\t\telements = {{ {ranges} }}\n"
+            f"\t}}\n"
+            f"\n"
+        )
+        other = "meta l4proto . th dport != @protected meta l4proto . th dport != @quiet accept"
+        quiet_rule = "\t\tmeta l4proto . th dport @quiet drop\n"
     return (
         f"# spa guard: drops {listed} unless spa granted the flow. Keep this\n"
         f"# loaded at boot so the ports stay closed while spa is not running.\n"
@@ -95,10 +117,12 @@ def guard_script(settings: FirewallSettings) -> str:
         f"\t\telements = {{ {ports} }}\n"
         f"\t}}\n"
         f"\n"
+        f"{quiet_set}"
         f"\tchain input {{\n"
         f"\t\ttype filter hook input priority {settings.guard_priority}; policy accept;\n"
-        f"\t\tmeta l4proto . th dport != @protected accept\n"
+        f"\t\t{other}\n"
         f"\t\tct state established,related accept\n"
+        f"{quiet_rule}"
         f"\t\tmeta mark & {mark} == {mark} accept\n"
         f"\t\tdrop\n"
         f"\t}}\n"

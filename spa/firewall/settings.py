@@ -58,6 +58,11 @@ class FirewallSettings:
     ``single_use``
         Requests whose grants always let exactly one new connection through
         (a Grant can also ask for this itself with ``single_use=True``).
+    ``quiet``
+        Knock ports, as ``(proto, low, high)`` ranges: dropped for everyone,
+        always, so a scanner sees nothing there while spa still hears the
+        packets (it reads them before netfilter). Not a config option: the
+        server derives it from its carriers (UDP SPA port, sequence ports).
     ``start_command`` / ``stop_command``
         For the command backend: argv lists (no shell) with ``%IP%``,
         ``%PORT%``, ``%PROTO%``, ``%SECONDS%`` and ``%KEY%`` substituted.
@@ -77,6 +82,7 @@ class FirewallSettings:
     mark: int = 0x5350_0000
     owner: bool = True
     single_use: tuple[Request, ...] = ()
+    quiet: tuple[tuple[str, int, int], ...] = ()
     start_command: tuple[str, ...] = ()
     stop_command: tuple[str, ...] = ()
     ipset_binary: str = "ipset"
@@ -85,7 +91,7 @@ class FirewallSettings:
 
     def __post_init__(self) -> None:
         # Accept lists from a config parser but store tuples (frozen means frozen).
-        for name in ("protect", "single_use", "start_command", "stop_command"):
+        for name in ("protect", "single_use", "quiet", "start_command", "stop_command"):
             value = getattr(self, name)
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
@@ -126,6 +132,17 @@ class FirewallSettings:
         if unguarded:
             raise FirewallSettingsError(
                 f"single_use names ports that are not protected: {', '.join(unguarded)}"
+            )
+        for entry in self.quiet:
+            if (
+                not isinstance(entry, tuple) or len(entry) != 3 or entry[0] not in ("tcp", "udp")
+                or not 1 <= entry[1] <= entry[2] <= 65535
+            ):
+                raise FirewallSettingsError(f"quiet port range must be (tcp|udp, low, high), not {entry!r}")
+        clash = [str(r) for r in self.protect if any(p == r.proto and lo <= r.port <= hi for p, lo, hi in self.quiet)]
+        if clash:
+            raise FirewallSettingsError(
+                f"{', '.join(clash)} is both protected and a knock port: a knock port can never be opened"
             )
         if self.backend == "command":
             if not self.start_command:

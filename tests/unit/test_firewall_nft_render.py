@@ -9,6 +9,7 @@ import pytest
 
 from spa.core.events import Carrier, Grant, Request
 from spa.firewall import FirewallError, FirewallSettings, check_grant
+from spa.firewall.settings import FirewallSettingsError
 from spa.firewall import nft_render
 
 SSH, RDP = Request("tcp", 22), Request("tcp", 3389)
@@ -133,3 +134,31 @@ def test_parse_live_reads_sets_back_soonest_first() -> None:
 def test_parse_tables_from_text_listing() -> None:
     listing = "table inet spa_guard\ntable inet spa_grant\ntable ip filter\ntable inet host_fw\n"
     assert nft_render.parse_tables(listing, "inet") == {"spa_guard", "spa_grant", "host_fw"}
+
+
+def test_guard_drops_knock_ports_but_lets_replies_through() -> None:
+    quiet = FirewallSettings(protect=(SSH,), quiet=(("udp", 62201, 62201), ("tcp", 20000, 59999)))
+    script = nft_render.guard_script(quiet)
+    assert "flags interval" in script
+    assert "elements = { 6 . 20000-59999, 17 . 62201 }" in script
+    rules = [line.strip() for line in script.split("chain input {")[1].splitlines()]
+    # Replies to our own connections (established) pass before the quiet drop.
+    assert rules[2:5] == [
+        "meta l4proto . th dport != @protected meta l4proto . th dport != @quiet accept",
+        "ct state established,related accept",
+        "meta l4proto . th dport @quiet drop",
+    ]
+    assert "@quiet" not in nft_render.guard_script(SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("quiet", "message"),
+    [
+        ((("sctp", 1, 2),), "quiet port range"),
+        ((("udp", 9, 3),), "quiet port range"),
+        ((("tcp", 20, 30),), "both protected and a knock port"),
+    ],
+)
+def test_quiet_ranges_are_checked(quiet: tuple[tuple[str, int, int], ...], message: str) -> None:
+    with pytest.raises(FirewallSettingsError, match=message):
+        FirewallSettings(protect=(SSH,), quiet=quiet)

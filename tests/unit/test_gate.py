@@ -11,9 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spa.core import datagram, kdf, otp
-from spa.core.events import Accepted, Carrier, Duplicate, Form, OtpCode, Reason, Rejection, SequenceHit
-from spa.core.gate import GateSettings
+from spa.core.events import (
+    Accepted, Carrier, Duplicate, Form, Knock, OtpCode, Reason, Rejection, SequenceHit, StaticHit,
+)
+from spa.core.gate import Gate, GateSettings
 from spa.core.keyring import Keyring
+from spa.core.ledger import Ledger
+from spa.core.policy import Policy
+from spa.core.sequence import StaticSequence
 
 from makings import (
     BOB_SEED,
@@ -21,12 +26,14 @@ from makings import (
     CLIENT6,
     EMERGENCY_SECRET,
     NOW,
+    OBFUSCATION_KEY,
     OTHER,
     RDP,
     SSH,
     TOTP_SECRET,
     Bench,
     alice_record,
+    bob_record,
     make_bench,
 )
 
@@ -324,3 +331,33 @@ def test_counts_by_outcome(bench: Bench) -> None:
     bench.decide(Form.COMPACT, bench.compact())
     bench.decide(Form.COMPACT, b"junk")
     assert bench.gate.counts == {"Accepted": 1, "MALFORMED": 1}
+
+
+def test_fixed_sequence_opens_its_ports_for_the_source_and_obeys_policy() -> None:
+
+    office = Policy(open=(SSH, RDP), seconds=20, sources=(ipaddress.ip_network("198.51.100.0/24"),), carriers=frozenset({Carrier.SEQUENCE}))
+    static = StaticSequence("office", (SSH, RDP), office)
+    gate = Gate(Keyring(OBFUSCATION_KEY, [bob_record()], (static,)), Ledger(700))
+
+    def knock(name: str, source: object = CLIENT, carrier: Carrier = Carrier.SEQUENCE) -> object:
+        return gate.decide(Knock(carrier, Form.STATIC, StaticHit(name), source, NOW))  # type: ignore[arg-type]
+
+    accepted = knock("office")
+    assert isinstance(accepted, Accepted)
+    assert [(g.address, g.request, g.seconds) for g in accepted.grants] == [(CLIENT, SSH, 20), (CLIENT, RDP, 20)]
+    assert accepted.key == "sequence:office"
+    # No token, so no ledger: the same sequence works again (its known weakness).
+    assert isinstance(knock("office"), Accepted)
+    assert reason(knock("office", OTHER)) == Reason.POLICY  # outside the allowed sources
+    assert reason(knock("office", carrier=Carrier.ICMP)) == Reason.POLICY
+    assert reason(knock("lobby")) == Reason.UNKNOWN_KEY
+
+
+@pytest.mark.parametrize(
+    ("steps", "timeout", "message"),
+    [((), 5.0, "1-16 ports"), ((SSH, SSH), 5.0, "follow itself"), ((SSH,), 0.0, "timeout")],
+)
+def test_fixed_sequence_shapes_are_checked(steps: tuple, timeout: float, message: str) -> None:
+
+    with pytest.raises(ValueError, match=message):
+        StaticSequence("x", steps, Policy(open=(SSH,)), timeout)
