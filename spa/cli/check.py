@@ -24,11 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     config = config_module.load(args.config)
     keyring = config_module.load_keyring(config)
-    carriers = [name for name, carrier in config.carriers.items() if carrier.enabled]
+    carriers = list(config.carriers)
     print(f"{config.path}: OK")
     print(f"  firewall   {config.firewall.backend}, protecting {', '.join(map(str, config.firewall.protect))}")
     print(f"  carriers   {', '.join(carriers) or 'none'}")
     print(f"  window     ±{config.gate.time_window} s, repeats within {config.gate.repeat_window} s are one knock")
+    for static in config.statics:
+        steps = " ".join(map(str, static.steps))
+        print(f"  sequence   {static.name}: {steps} within {static.timeout:g} s opens "
+              f"{','.join(map(str, static.policy.open))}")
     print(f"  keys       {len(keyring)} in {config.keys_dir}")
     for entry in sorted(keyring.by_id.values(), key=lambda e: e.record.key_id):
         record = entry.record

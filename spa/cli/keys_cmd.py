@@ -26,6 +26,7 @@ keys_dir = "keys"              # one NAME.toml per person (spa keygen / spa revo
 state_dir = "state"            # replay ledger: every accepted token, fsynced before a grant
 secret_file = "server.secret"  # server-wide obfuscation key, shared with every client key
 interfaces = [{interfaces}]          # where to listen for knocks; empty: every interface
+user = "nobody"                # packets are parsed by this unprivileged user, never by root
 time_window = 60               # seconds a token's clock may differ from ours
 repeat_window = 30             # repeats of one knock within this many seconds are one knock
 
@@ -57,10 +58,13 @@ protect = [{protect}]          # dropped for everyone without a grant
 
 [carriers.icmp]                # ping -p <token>
 enabled = true
+silence_replies = false        # true: no echo replies while spa runs (kernel sysctls)
 
 [carriers.dns]                 # nslookup <token>.{zone}
 enabled = {dns_enabled}
 zone = "{zone}"
+mode = "serve"                 # serve: spa answers on port 53; sniff: another DNS server does
+ttl = 1                        # answers must not be cached: every knock is a fresh name
 
 [carriers.udp]                 # spa knock --via udp
 enabled = true
@@ -68,6 +72,14 @@ port = 62201
 
 [carriers.sequence]            # knock HOST p1 p2 p3 (ports from a one-time password)
 enabled = true
+timeout = 10                   # seconds from the first port of a sequence to the last
+
+# Fixed, knockd-style sequences (anyone who sees the ports can replay them;
+# prefer the one-time kind above). Uncomment to use:
+# [sequences.ssh]
+# ports = ["tcp/7000", "udp/8000", "tcp/9000"]
+# timeout = 5
+# open = [{protect}]
 """
 
 
@@ -208,8 +220,8 @@ def run_keygen(args: argparse.Namespace) -> int:
         open=open_,
         secret=record.secret,
         signing_key=seed,
-        zone=str(config.carriers["dns"].options.get("zone", "")) if config.carriers["dns"].enabled else "",
-        udp_port=int(config.carriers["udp"].options.get("port", 62201)),
+        zone=config.dns.zone if config.dns else "",
+        udp_port=config.udp.port if config.udp else 62201,
     )
     out: Path = args.out or Path(f"{name}.spakey")
     if out.exists():

@@ -7,6 +7,7 @@ file are relative to the file's own directory.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -17,12 +18,12 @@ from spa.errors import ConfigError
 from spa.firewall.settings import BACKENDS, FirewallSettings, FirewallSettingsError
 
 from . import tomlfile
-from .events import Request
+from .events import Carrier, IPAddress, Request
 from .gate import GateSettings
 from .keyring import Keyring
 from .keys import check_private, load_store
-from .policy import Policy, read_policy
-from .sequence import SequenceRule
+from .policy import POLICY_OPTIONS, Policy, read_policy
+from .sequence import SequenceRule, StaticSequence
 from .tomlfile import Document
 
 T = TypeVar("T")
@@ -32,11 +33,37 @@ _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 
 
 @dataclass(frozen=True)
-class CarrierConfig:
-    """One ``[carriers.NAME]`` table: whether it is on, and its own options."""
+class IcmpConfig:
+    """``[carriers.icmp]``: knocks in ``ping -p`` patterns."""
 
-    enabled: bool = True
-    options: dict[str, Any] = field(default_factory=dict)
+    silence_replies: bool = False  # set the kernel's echo_ignore_all sysctls while spa runs
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """``[carriers.dns]``: knocks as one label under ``zone``."""
+
+    zone: str
+    mode: str = "serve"  # "serve": spa answers on port 53; "sniff": another server does, spa listens
+    listen: tuple[IPAddress, ...] = (ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::"))
+    port: int = 53
+    nameservers: tuple[str, ...] = ()  # NS targets at the apex (default ns1.ZONE)
+    addresses: tuple[IPAddress, ...] = ()  # addresses of in-zone NS targets (the glue)
+    ttl: int = 1
+
+
+@dataclass(frozen=True)
+class UdpConfig:
+    """``[carriers.udp]``: SPA datagrams."""
+
+    port: int = 62201
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """``[carriers.sequence]``: port sequences from a one-time password."""
+
+    timeout: float = 10.0  # seconds from a sequence's first port to its last
 
 
 @dataclass(frozen=True)
@@ -46,15 +73,34 @@ class Config:
     state_dir: Path
     secret_file: Path
     interfaces: tuple[str, ...]  # empty: every interface
+    user: str  # the unprivileged user that parses packets
     policy: Policy
     gate: GateSettings
     firewall: FirewallSettings
-    carriers: dict[str, CarrierConfig]
+    icmp: IcmpConfig | None  # None: carrier off
+    dns: DnsConfig | None
+    udp: UdpConfig | None
+    sequence: SequenceConfig | None
+    statics: tuple[StaticSequence, ...]  # [sequences.NAME]: fixed sequences, on whenever defined
+
+    @property
+    def carriers(self) -> tuple[str, ...]:
+        """Names of the carriers that are on, in the order of CARRIERS."""
+        on = {"icmp": self.icmp, "dns": self.dns, "udp": self.udp, "sequence": self.sequence or self.statics}
+        return tuple(name for name in CARRIERS if on[name])
 
 
 CARRIERS = ("icmp", "dns", "udp", "sequence")
-SECTIONS = ("server", "policy", "limits", "otp", "firewall", "carriers")
-SERVER_OPTIONS = ("keys_dir", "state_dir", "secret_file", "interfaces", "time_window", "repeat_window")
+SECTIONS = ("server", "policy", "limits", "otp", "firewall", "carriers", "sequences")
+SERVER_OPTIONS = ("keys_dir", "state_dir", "secret_file", "interfaces", "user", "time_window", "repeat_window")
+CARRIER_OPTIONS = {
+    "icmp": ("enabled", "silence_replies"),
+    "dns": ("enabled", "zone", "mode", "listen", "port", "nameservers", "addresses", "ttl"),
+    "udp": ("enabled", "port"),
+    "sequence": ("enabled", "timeout"),
+}
+STATIC_OPTIONS = ("ports", "timeout")
+_ZONE = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 LIMIT_OPTIONS = (
     "source_rate", "source_burst", "key_rate", "key_burst", "otp_failures_per_source",
     "otp_failures_per_key", "failure_period", "lockout_seconds", "tracked_sources",
@@ -162,17 +208,31 @@ def load(path: Path) -> Config:
     firewall = _read_firewall(doc)
     protect = firewall.protect
 
-    carriers_node = _Reader(doc, ("carriers",), CARRIERS)
-    carriers: dict[str, CarrierConfig] = {}
-    for name in CARRIERS:
-        table = _Reader(doc, ("carriers", name), None)
-        enabled = table.flag("enabled", name in carriers_node.node)
-        carriers[name] = CarrierConfig(enabled, {k: v for k, v in table.node.items() if k != "enabled"})
-
     policy = read_policy(doc, ("policy",), None)
     for request in policy.open:
         if request not in protect:
             doc.fail(("policy", "open"), f"{request} is not in firewall.protect: a grant would open nothing")
+
+    _Reader(doc, ("carriers",), CARRIERS)
+    tables = {name: _Reader(doc, ("carriers", name), CARRIER_OPTIONS[name]) for name in CARRIERS}
+    on = {name: table.flag("enabled", name in doc.data.get("carriers", {})) for name, table in tables.items()}
+    icmp = IcmpConfig(tables["icmp"].flag("silence_replies", False)) if on["icmp"] else None
+    dns = _read_dns(tables["dns"]) if on["dns"] else None
+    udp = UdpConfig(tables["udp"].number("port", 62201, 1, 65535)) if on["udp"] else None
+    sequence = SequenceConfig(tables["sequence"].number("timeout", 10.0, 1, 600, float)) if on["sequence"] else None
+    statics = _read_statics(doc, policy, protect)
+
+    quiet: list[tuple[str, int, int]] = []
+    if udp is not None:
+        quiet.append(("udp", udp.port, udp.port))
+    if sequence is not None:
+        quiet += [("tcp", rule.low, rule.high), ("udp", rule.low, rule.high)]
+    quiet += [(step.proto, step.port, step.port) for static in statics for step in static.steps]
+    try:
+        firewall = FirewallSettings(**{**{f.name: getattr(firewall, f.name) for f in fields(firewall)},
+                                       "quiet": tuple(sorted(set(quiet)))})
+    except FirewallSettingsError as problem:
+        doc.fail(("carriers",), f"a knock port collides with firewall.protect: {problem}")
 
     return Config(
         path=path,
@@ -180,11 +240,83 @@ def load(path: Path) -> Config:
         state_dir=base / server.text("state_dir", "state"),
         secret_file=base / server.text("secret_file", "server.secret"),
         interfaces=interfaces,
+        user=_user(server),
         policy=policy,
         gate=gate,
         firewall=firewall,
-        carriers=carriers,
+        icmp=icmp,
+        dns=dns,
+        udp=udp,
+        sequence=sequence,
+        statics=statics,
     )
+
+
+def _user(server: _Reader) -> str:
+    user = server.text("user", "nobody")
+    if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user):
+        server.fail("user", "expected a user name such as nobody or spa")
+    return user
+
+
+def _addresses(table: _Reader, option: str, default: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
+    value = table.node.get(option)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        table.fail(option, 'expected a list of addresses such as ["192.0.2.1"]')
+    return tuple(table.convert(option, lambda: [ipaddress.ip_address(item) for item in value]))
+
+
+def _read_dns(table: _Reader) -> DnsConfig:
+    if "zone" not in table.node:
+        table.fail("zone", "missing: the zone delegated to this server, e.g. knock.example.com")
+    zone = table.text("zone", "").lower().rstrip(".")
+    if not _ZONE.match(zone):
+        table.fail("zone", f"{zone!r} is not a domain name such as knock.example.com")
+    mode = table.text("mode", "serve")
+    if mode not in ("serve", "sniff"):
+        table.fail("mode", 'expected "serve" (answer on port 53) or "sniff" (another server answers)')
+    nameservers = table.node.get("nameservers", [])
+    if not isinstance(nameservers, list) or not all(
+        isinstance(n, str) and _ZONE.match(n.lower().rstrip(".")) for n in nameservers
+    ):
+        table.fail("nameservers", 'expected a list of host names such as ["ns1.knock.example.com"]')
+    return DnsConfig(
+        zone=zone,
+        mode=mode,
+        listen=_addresses(table, "listen", DnsConfig.listen),
+        port=table.number("port", 53, 1, 65535),
+        nameservers=tuple(n.lower().rstrip(".") for n in nameservers),
+        addresses=_addresses(table, "addresses", ()),
+        ttl=table.number("ttl", 1, 0, 300),
+    )
+
+
+def _read_statics(doc: Document, defaults: Policy, protect: tuple[Request, ...]) -> tuple[StaticSequence, ...]:
+    """Every ``[sequences.NAME]`` table: ``ports`` and ``timeout`` plus policy options."""
+    node = doc.data.get("sequences", {})
+    if not isinstance(node, dict):
+        doc.fail(("sequences",), "expected tables such as [sequences.ssh]")
+    statics = []
+    for name in node:
+        where = ("sequences", name)
+        table = _Reader(doc, where, STATIC_OPTIONS + POLICY_OPTIONS)
+        if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", name):
+            doc.fail(where, "sequence names are lowercase letters, digits, - and _")
+        ports = table.node.get("ports")
+        if not isinstance(ports, list) or not all(isinstance(p, str) for p in ports):
+            table.fail("ports", 'expected a list such as ["tcp/7000", "udp/8000", "tcp/9000"]')
+        steps = tuple(table.convert("ports", lambda: [Request.parse(p) for p in ports]))
+        policy = read_policy(doc, where, defaults, ignore=STATIC_OPTIONS)
+        policy = Policy(**{**{f.name: getattr(policy, f.name) for f in fields(policy)},
+                           "carriers": frozenset({Carrier.SEQUENCE})})
+        for request in policy.open:
+            if request not in protect:
+                doc.fail((*where, "open"), f"{request} is not in firewall.protect: a grant would open nothing")
+        timeout = table.number("timeout", 5.0, 0.1, 3600, float)
+        statics.append(table.convert("ports", lambda: StaticSequence(name, steps, policy, timeout)))
+    return tuple(statics)
 
 
 def _read_firewall(doc: Document) -> FirewallSettings:
@@ -238,4 +370,4 @@ def read_server_secret(path: Path) -> bytes:
 def load_keyring(config: Config) -> Keyring:
     """Load the key store and the server secret into a Keyring."""
     records = load_store(config.keys_dir, config.policy, config.firewall.protect)
-    return Keyring(read_server_secret(config.secret_file), records)
+    return Keyring(read_server_secret(config.secret_file), records, config.statics)

@@ -71,10 +71,11 @@ class Policy:
 POLICY_OPTIONS = ("open", "seconds", "max_seconds", "carriers", "sources", "allow_unbound", "single_use")
 
 
-def read_policy(doc: Document, table: tuple[str, ...], base: Policy | None) -> Policy:
+def read_policy(doc: Document, table: tuple[str, ...], base: Policy | None, ignore: tuple[str, ...] = ()) -> Policy:
     """Build a Policy from ``table`` of ``doc``, over ``base`` (the defaults).
 
-    Every error names the file, line and option it came from.
+    Every error names the file, line and option it came from. Options in
+    ``ignore`` belong to the enclosing table and are read by its caller.
     """
     node: Any = doc.data
     for part in table:
@@ -82,7 +83,7 @@ def read_policy(doc: Document, table: tuple[str, ...], base: Policy | None) -> P
     if not isinstance(node, dict):
         doc.fail(table, "expected a table")
     for option in node:
-        if option not in POLICY_OPTIONS:
+        if option not in POLICY_OPTIONS and option not in ignore:
             doc.fail((*table, option), f"unknown option (known: {', '.join(POLICY_OPTIONS)})")
     values: dict[str, Any] = {} if base is None else {f.name: getattr(base, f.name) for f in fields(Policy)}
 

@@ -22,8 +22,10 @@ def server(tmp_path: Path) -> Path:
 def test_init_writes_a_config_that_loads(server: Path) -> None:
     loaded = config.load(server)
     assert [str(r) for r in loaded.firewall.protect] == ["tcp/22", "tcp/3389"]
-    assert loaded.carriers["dns"].options["zone"] == "knock.example.test"
-    assert all(c.enabled for c in loaded.carriers.values())
+    assert loaded.dns is not None and loaded.dns.zone == "knock.example.test"
+    assert loaded.carriers == ("icmp", "dns", "udp", "sequence")
+    # Knock ports are dropped by the guard without being configured there.
+    assert loaded.firewall.quiet == (("tcp", 20000, 59999), ("udp", 20000, 59999), ("udp", 62201, 62201))
     assert loaded.gate.time_window == 60 and loaded.keys_dir.is_dir()
     assert oct(os.stat(loaded.secret_file).st_mode & 0o777) == "0o600"
 
@@ -185,3 +187,49 @@ def test_firewall_table_maps_onto_firewall_settings(server: Path) -> None:
     _edit(server, "grant_table = 7", 'guard_table = "spa_grant"')
     with pytest.raises(ConfigError, match="guard_table and grant_table must differ"):
         config.load(server)
+
+
+@pytest.mark.parametrize(
+    "old,new,option,message",
+    [
+        ('zone = "knock.example.test"', 'zone = "knock..test"', "carriers.dns.zone", "not a domain name"),
+        ('mode = "serve"', 'mode = "proxy"', "carriers.dns.mode", "sniff"),
+        ('sequence_ports = "20000-59999"', 'sequence_ports = "10-100"', "carriers", "collides with firewall.protect"),
+        ("silence_replies = false", "silence_replies = 1", "carriers.icmp.silence_replies", "true or false"),
+        ('user = "nobody"', 'user = "Root Admin"', "server.user", "user name"),
+    ],
+)
+def test_carrier_errors_name_file_line_and_option(server: Path, old: str, new: str, option: str, message: str) -> None:
+    _edit(server, old, new)
+    with pytest.raises(ConfigError) as caught:
+        config.load(server)
+    assert caught.value.option == option and message in str(caught.value)
+
+
+def test_fixed_sequences_load_with_policy_and_quiet_ports(server: Path) -> None:
+    server.write_text(server.read_text() + (
+        '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 3\n'
+        'open = ["tcp/3389"]\nseconds = 15\n'
+    ))
+    loaded = config.load(server)
+    (office,) = loaded.statics
+    assert [str(s) for s in office.steps] == ["tcp/7000", "udp/8000", "tcp/9000"]
+    assert office.timeout == 3 and office.policy.seconds == 15 and [str(r) for r in office.policy.open] == ["tcp/3389"]
+    assert {("tcp", 7000, 7000), ("udp", 8000, 8000), ("tcp", 9000, 9000)} <= set(loaded.firewall.quiet)
+    assert config.load_keyring(loaded).statics["office"] == office
+
+
+@pytest.mark.parametrize(
+    "table,option,message",
+    [
+        ('ports = ["tcp/7000", "tcp/7000"]', "sequences.bad.ports", "follow itself"),
+        ('ports = ["tcp/7000"]\nopen = ["tcp/8080"]', "sequences.bad.open", "not in firewall.protect"),
+        ('ports = ["tcp/7000"]\ncolour = "red"', "sequences.bad.colour", "unknown option"),
+        ('ports = "7000"', "sequences.bad.ports", "expected a list"),
+    ],
+)
+def test_fixed_sequence_errors(server: Path, table: str, option: str, message: str) -> None:
+    server.write_text(server.read_text() + f"\n[sequences.bad]\n{table}\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(server)
+    assert caught.value.option == option and message in str(caught.value)
