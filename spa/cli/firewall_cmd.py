@@ -52,7 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     uninstall.set_defaults(func=_uninstall)
     firewall.set_defaults(func=lambda args: _usage(firewall))
 
-    status = subparsers.add_parser("status", help="list the grants open right now")
+    status = subparsers.add_parser(
+        "status", help="list the grants open right now (and, with --config, the server's counters)",
+        epilog="example:\n  spa status --config /etc/spa/spa.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _settings_options(status)
     status.set_defaults(func=_status)
 
@@ -126,7 +130,29 @@ def _status(args: argparse.Namespace) -> int:
     finally:
         backend.close()
     sys.stdout.write(format_status(grants))
+    if args.config:
+        sys.stdout.write(format_counters(Path(args.config)))
     return 0
+
+
+def format_counters(config_path: Path) -> str:
+    """The counters the running server last wrote to its state directory."""
+    import json
+    import time
+
+    from spa.core import config
+
+    path = config.load(config_path).state_dir / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "server: no counters (is spa serve running?)\n"
+    age = time.time() - float(status.get("time", 0))
+    lines = [f"server: worker {status.get('worker')}, {status.get('grants_applied', 0)} grants applied, "
+             f"counters from {age:.0f} s ago"]
+    for name, value in sorted(status.get("counts", {}).items()):
+        lines.append(f"  {name:<24} {value}")
+    return "\n".join(lines) + "\n"
 
 
 def format_status(grants: list[LiveGrant]) -> str:

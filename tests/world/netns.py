@@ -166,6 +166,10 @@ class World:
         self._processes.append(process)
         return process
 
+    def adopt(self, process: subprocess.Popen[str]) -> None:
+        """Kill ``process`` (started elsewhere, by us) when the world closes."""
+        self._processes.append(process)
+
     def agent(self, host: Host) -> Agent:
         """Start agent.py inside ``host`` (``ip netns exec`` execs: same pid)."""
         return Agent(host, self.popen(host, [sys.executable, str(AGENT)]))

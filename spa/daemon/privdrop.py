@@ -1,0 +1,82 @@
+"""Dropping root for good: the worker runs as an unprivileged user.
+
+Order matters: supplementary groups, then the group, then the user (after
+setuid a process can no longer change its groups). setuid from root to
+another user clears every capability, since the worker never asks to keep
+them; no_new_privs then stops any later exec from regaining privilege.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from spa.errors import SpaError
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+
+
+class PrivilegeError(SpaError):
+    """The worker could not shed its privileges; it must not run then."""
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+
+
+def account(name: str) -> Account:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise PrivilegeError(
+            f"user {name!r} does not exist (create it with: useradd --system --no-create-home {name}, "
+            "or set [server] user)"
+        ) from None
+    if entry.pw_uid == 0:
+        raise PrivilegeError(f"user {name!r} is root: the packet parser must not run as root")
+    return Account(name, entry.pw_uid, entry.pw_gid)
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise PrivilegeError(f"prctl({option}) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to end this process when its parent (the supervisor) dies."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def drop(to: Account) -> None:
+    """Become ``to`` for good, or raise. A no-op when not running as root."""
+    if os.geteuid() != 0:
+        return
+    os.setgroups([])
+    os.setgid(to.gid)
+    os.setuid(to.uid)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise PrivilegeError("could regain root after dropping it")
+    if effective_capabilities() != 0:
+        raise PrivilegeError("capabilities remain after dropping root")
+
+
+def effective_capabilities(pid: int | str = "self") -> int:
+    """CapEff of a process, from /proc (0: no capability at all)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise PrivilegeError("no CapEff in /proc status")

@@ -1,0 +1,400 @@
+"""The privileged side of ``spa serve``: firewall, sockets, and the worker's life.
+
+The supervisor never parses a packet. It opens what needs privilege, forks
+the worker (which drops root at once), applies the grants the worker hands
+back after checking them again (recheck.py), reloads on SIGHUP by starting
+a fresh worker with the new configuration, and restarts a crashed worker.
+Replay state lives in the ledger file, so it survives both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from spa.core import config as config_module
+from spa.core.config import Config
+from spa.core.keyring import Keyring
+from spa.core.ledger import FileLedger
+from spa.errors import SpaError
+from spa.firewall import Backend, FirewallError, open_backend
+
+from . import messages, privdrop, recheck
+from .listeners import Listeners, open_listeners, wanted
+from .worker import Worker, pipe_emitter, serve
+
+log = logging.getLogger("spa")
+
+LEDGER = "ledger"
+STATUS = "status.json"
+STOP_WAIT = 5.0  # seconds a worker gets to finish before SIGKILL
+CRASHES_ALLOWED = 5  # worker crashes within CRASH_PERIOD before the supervisor gives up
+CRASH_PERIOD = 60.0
+ECHO_SYSCTLS = ("/proc/sys/net/ipv4/icmp_echo_ignore_all", "/proc/sys/net/ipv6/icmp/echo_ignore_all")
+
+
+def ledger_retention(config: Config) -> int:
+    """How long accepted tokens are remembered: the window, plus room for clock steps."""
+    return config.gate.time_window + 600
+
+
+def restart_needed(old: Config, new: Config) -> str | None:
+    """What in ``new`` cannot be applied by a reload (sockets, firewall, user), if anything."""
+    checks = (
+        ("[firewall] or the knock ports", old.firewall != new.firewall),
+        ("server.interfaces", old.interfaces != new.interfaces),
+        ("server.user", old.user != new.user),
+        ("server.state_dir", old.state_dir != new.state_dir),
+        ("the captured carriers", wanted(old) != wanted(new)),
+        ("carriers.icmp.silence_replies", (old.icmp and old.icmp.silence_replies) != (new.icmp and new.icmp.silence_replies)),
+        (
+            "carriers.dns listen, port or mode",
+            (old.dns and (old.dns.listen, old.dns.port, old.dns.mode)) != (new.dns and (new.dns.listen, new.dns.port, new.dns.mode)),
+        ),
+    )
+    changed = [what for what, differs in checks if differs]
+    return ", ".join(changed) if changed else None
+
+
+class EchoSilence:
+    """``net.ipv{4,6}...echo_ignore_all = 1`` while spa runs, restored afterwards.
+
+    The kernel then sends no echo replies, yet the requests still reach spa's
+    capture (AF_PACKET sees them before the ICMP stack ignores them).
+    """
+
+    def __init__(self) -> None:
+        self._saved: dict[str, str] = {}
+
+    def on(self) -> None:
+        for path in ECHO_SYSCTLS:
+            try:
+                self._saved[path] = Path(path).read_text().strip()
+                Path(path).write_text("1\n")
+            except OSError as problem:
+                log.warning(f"cannot silence echo replies ({path}): {problem.strerror}")
+
+    def off(self) -> None:
+        for path, value in self._saved.items():
+            try:
+                Path(path).write_text(value + "\n")
+            except OSError:
+                pass
+        self._saved.clear()
+
+
+@dataclass
+class _Child:
+    pid: int
+    pipe: int
+    reader: messages.LineReader
+
+
+class Supervisor:
+    """Runs ``spa serve`` for one config file until SIGTERM or SIGINT."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.config: Config = config_module.load(config_path)
+        self.keyring: Keyring = config_module.load_keyring(self.config)
+        self.account = privdrop.account(self.config.user) if os.geteuid() == 0 else None
+        self.backend: Backend | None = None
+        self.listeners: Listeners | None = None
+        self.silence = EchoSilence()
+        self.child: _Child | None = None
+        self.selector = selectors.DefaultSelector()
+        self.crashes: list[float] = []
+        self.granted = 0
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # -- life cycle --------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self._start()
+            return self._loop()
+        finally:
+            self._shutdown()
+
+    def _start(self) -> None:
+        config = self.config
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Read the ledger once here to refuse a damaged one before anything listens.
+        FileLedger(config.state_dir / LEDGER, ledger_retention(config)).close()
+        _prepare_state(config.state_dir, self.account)
+        self.backend = open_backend(config.firewall)
+        self.backend.install()
+        self.listeners = open_listeners(config)
+        if config.icmp is not None and config.icmp.silence_replies:
+            self.silence.on()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno())
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(number, lambda *_: None)  # the wakeup fd carries the number
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "signal")
+        self._spawn()
+        log.info(self._banner())
+
+    def _banner(self) -> str:
+        config = self.config
+        parts = []
+        if config.icmp:
+            parts.append("icmp")
+        if config.dns:
+            parts.append(f"dns {config.dns.zone} ({config.dns.mode})")
+        if config.udp:
+            parts.append(f"udp/{config.udp.port}")
+        if config.sequence:
+            parts.append("one-time sequences")
+        if config.statics:
+            parts.append(f"{len(config.statics)} fixed sequences")
+        user = self.account.name if self.account else "the current user"
+        protect = ", ".join(map(str, config.firewall.protect))
+        assert self.child is not None
+        return (
+            f"serving {', '.join(parts) or 'nothing'}; guarding {protect} ({config.firewall.backend}); "
+            f"{len(self.keyring)} keys; worker {self.child.pid} as {user}"
+        )
+
+    def _loop(self) -> int:
+        while True:
+            for selected, _ in self.selector.select(timeout=1.0):
+                if selected.data == "signal":
+                    for number in self._signals():
+                        status = self._on_signal(number)
+                        if status is not None:
+                            return status
+                else:
+                    self._read_child()
+            status = self._reap()
+            if status is not None:
+                return status
+
+    def _signals(self) -> list[int]:
+        try:
+            return list(self._wake_r.recv(64))
+        except BlockingIOError:
+            return []
+
+    def _on_signal(self, number: int) -> int | None:
+        if number in (signal.SIGTERM, signal.SIGINT):
+            log.info("stopping")
+            return 0
+        if number == signal.SIGHUP:
+            self.reload()
+        elif number == signal.SIGUSR1 and self.child is not None:
+            os.kill(self.child.pid, signal.SIGUSR1)
+        return None
+
+    def _shutdown(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._stop_child()
+        if self.listeners is not None:
+            self.listeners.close()
+        self.silence.off()
+        if self.backend is not None:
+            self.backend.close()  # an owned grant table goes with it: every grant ends
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # -- reload --------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Load the config again; on any error keep the running one and say why."""
+        try:
+            new = config_module.load(self.config_path)
+            keyring = config_module.load_keyring(new)
+            changed = restart_needed(self.config, new)
+            if changed:
+                raise SpaError(f"{changed} changed: restart spa to apply that")
+        except SpaError as problem:
+            log.error(f"reload refused, the running configuration stays: {problem}")
+            return False
+        self._stop_child()
+        self.config, self.keyring = new, keyring
+        self._spawn()
+        log.info(f"reloaded {self.config_path}: {len(keyring)} keys, {len(new.statics)} fixed sequences")
+        return True
+
+    # -- the worker ------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the supervisor's code
+            status = 70
+            try:
+                os.close(read)
+                status = _worker_main(self.config, self.keyring, self.listeners, write, self.account)
+            except BaseException as problem:  # noqa: BLE001 - report anything, then leave
+                log.error(f"worker failed: {problem}")
+            finally:
+                os._exit(status)
+        os.close(write)
+        os.set_blocking(read, False)
+        self.child = _Child(pid, read, messages.LineReader())
+        self.selector.register(read, selectors.EVENT_READ, "child")
+
+    def _read_child(self) -> None:
+        child = self.child
+        if child is None:
+            return
+        try:
+            data = os.read(child.pipe, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self._close_pipe(child)
+            return
+        for line in child.reader.feed(data):
+            self._handle(messages.decode(line))
+
+    def _handle(self, message: messages.Message | None) -> None:
+        if message is None:
+            log.warning("dropped a malformed message from the worker")
+        elif isinstance(message, messages.Stats):
+            self._write_status(message.counts)
+        else:
+            why = recheck.refusal(message, self.keyring, self.config.firewall)
+            if why:
+                log.error(f"refused a grant the worker asked for: {why}")
+                return
+            assert self.backend is not None
+            try:
+                self.backend.grant(message)
+                self.granted += 1
+            except FirewallError as problem:
+                log.error(f"grant of {message.request} to {message.address} failed: {problem}")
+
+    def _write_status(self, counts: dict[str, int]) -> None:
+        assert self.child is not None
+        status = {"time": time.time(), "supervisor": os.getpid(), "worker": self.child.pid,
+                  "grants_applied": self.granted, "counts": counts}
+        path = self.config.state_dir / STATUS
+        temporary = path.with_name(STATUS + ".tmp")
+        try:
+            temporary.write_text(json.dumps(status, indent=1, sort_keys=True) + "\n")
+            os.replace(temporary, path)
+        except OSError as problem:
+            log.warning(f"cannot write {path}: {problem.strerror}")
+
+    def _close_pipe(self, child: _Child) -> None:
+        try:
+            self.selector.unregister(child.pipe)
+        except (KeyError, ValueError):
+            return
+        os.close(child.pipe)
+
+    def _stop_child(self) -> None:
+        child, self.child = self.child, None
+        if child is None:
+            return
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + STOP_WAIT
+        while time.monotonic() < deadline:
+            done, _ = os.waitpid(child.pid, os.WNOHANG)
+            if done:
+                break
+            self._drain_pipe(child)
+            time.sleep(0.02)
+        else:
+            os.kill(child.pid, signal.SIGKILL)
+            os.waitpid(child.pid, 0)
+        self._drain_pipe(child)
+        self._close_pipe(child)
+
+    def _drain_pipe(self, child: _Child) -> None:
+        """Apply grants a stopping worker sent before it went."""
+        saved, self.child = self.child, child
+        try:
+            self._read_child()
+        except OSError:
+            pass
+        finally:
+            self.child = saved
+
+    def _reap(self) -> int | None:
+        """Notice a worker that died on its own; restart it or give up."""
+        child = self.child
+        if child is None:
+            return None
+        done, status = os.waitpid(child.pid, os.WNOHANG)
+        if not done:
+            return None
+        self._drain_pipe(child)
+        self._close_pipe(child)
+        self.child = None
+        now = time.monotonic()
+        self.crashes = [t for t in self.crashes if now - t < CRASH_PERIOD] + [now]
+        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}"
+        if len(self.crashes) > CRASHES_ALLOWED:
+            log.error(f"worker exited ({how}) {len(self.crashes)} times in {CRASH_PERIOD:.0f} s; giving up")
+            return 1
+        log.error(f"worker exited ({how}); starting a new one")
+        time.sleep(min(len(self.crashes) * 0.2, 1.0))
+        self._spawn()
+        return None
+
+
+def _prepare_state(directory: Path, account: privdrop.Account | None) -> None:
+    """The state directory, private, and writable by the worker's user only."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if account is None:
+        return
+    os.chown(directory, account.uid, account.gid)
+    os.chmod(directory, 0o700)
+    for path in directory.iterdir():
+        if path.name.startswith(LEDGER):
+            os.chown(path, account.uid, account.gid)
+
+
+def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, pipe: int,
+                 account: privdrop.Account | None) -> int:
+    """In the forked child: shed everything privileged, then serve."""
+    signal.set_wakeup_fd(-1)
+    for number in (signal.SIGCHLD, signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
+    privdrop.die_with_parent()
+    assert listeners is not None
+    keep = {0, 1, 2, pipe, *(s.fileno() for s in listeners.dns_udp + listeners.dns_tcp)}
+    if listeners.capture is not None:
+        keep |= {s.fileno() for s in listeners.capture.sockets()}
+    _close_other_fds(keep)  # the firewall's netlink socket above all
+    os.umask(0o077)
+    if account is not None:
+        privdrop.drop(account)
+    try:
+        ledger = FileLedger(config.state_dir / LEDGER, ledger_retention(config))
+    except PermissionError as problem:
+        user = account.name if account else "this user"
+        raise SpaError(
+            f"{problem.filename}: not writable by {user} (the state directory and every directory "
+            "above it must be searchable by that user)"
+        ) from None
+    worker = Worker(config, keyring, ledger, pipe_emitter(pipe))
+    try:
+        return serve(worker, listeners, pipe)
+    finally:
+        ledger.close()
+
+
+def _close_other_fds(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
