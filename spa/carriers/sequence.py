@@ -1,0 +1,171 @@
+"""Port sequences (the stock ``knock`` client) to knocks: per-source progress.
+
+The intake hands :meth:`Tracker.hit` every TCP SYN (without ACK) and every
+UDP datagram sent to a watched port (see :func:`watched`); the tracker says
+when a source's recent hits complete a sequence:
+
+- a fixed, knockd-style sequence (:class:`StaticSequence`): the source's
+  last ``len(steps)`` hits equal ``steps`` (protocol and port), the first
+  within ``timeout`` seconds of the last -> ``Form.STATIC`` knock;
+- a one-time sequence (a key of the table from ``Gate.sequences(now)``): the
+  ports of the source's last hits, any protocol (``knock`` sends SYNs by
+  default, datagrams with ``-u``), within ``otp_timeout`` -> ``Form.SEQUENCE``.
+
+Matching on the tail of the recent hits means a wrong port needs no reset
+rule: it just fails every tail it is part of, and a fresh attempt can start
+with the next packet. A repeat of the source's previous hit is a
+retransmission and never breaks a sequence. State is per source address, so
+two people behind one NAT can break each other's sequences; payload tokens
+(ping, DNS, UDP) do not have that problem. docs/carriers.md has the details.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from spa.core.events import PROTOCOLS, Carrier, Form, IPAddress, Knock, Request, SequenceHit, StaticHit
+from spa.core.sequence import SequenceRule, StaticSequence
+
+
+class Hit(NamedTuple):
+    """One packet to a watched port, as remembered for its source.
+
+    A flat NamedTuple rather than a Request and a time: up to 16 per source
+    for 65,536 sources, and it keeps no reference to the intake's objects.
+    """
+
+    proto: str
+    port: int
+    time: float
+
+
+class Tracker:
+    """Per-source progress through port sequences; bounded memory (LRU of sources).
+
+    Not thread-safe: one intake loop owns it. Each source keeps at most as
+    many hits as the longest sequence has ports, in a plain list trimmed
+    from the front (a ``deque`` costs 760 bytes even empty, 50 MB over
+    65,536 sources; a list of three hits costs 88). At most ``max_sources``
+    sources are kept, the least recently active dropped first: someone
+    spraying spoofed sources can push a person's half-done sequence out,
+    as they could by sending one stray port from that person's address.
+    """
+
+    def __init__(
+        self, statics: tuple[StaticSequence, ...] = (), otp_timeout: float = 10.0, max_sources: int = 65536
+    ) -> None:
+        if max_sources < 1:
+            raise ValueError("max_sources must be at least 1")
+        self.otp_timeout = otp_timeout
+        self.max_sources = max_sources
+        self._sources: OrderedDict[IPAddress, list[Hit]] = OrderedDict()
+        self._otp: Mapping[tuple[int, ...], SequenceHit] = {}
+        self._otp_lengths: tuple[int, ...] = ()
+        self._by_last: dict[tuple[str, int], tuple[tuple[StaticSequence, tuple[tuple[str, int], ...]], ...]] = {}
+        self._static_depth = 0
+        self._depth = 1
+        self.set_statics(statics)
+
+    def set_statics(self, statics: tuple[StaticSequence, ...]) -> None:
+        """Replace the fixed sequences (on reload). Progress so far is kept."""
+        by_last: dict[tuple[str, int], list[tuple[StaticSequence, tuple[tuple[str, int], ...]]]] = {}
+        for static in statics:
+            steps = tuple((step.proto, step.port) for step in static.steps)
+            # Indexed by the final step: only a hit on that step can complete it.
+            by_last.setdefault(steps[-1], []).append((static, steps))
+        self._by_last = {last: tuple(group) for last, group in by_last.items()}
+        self._static_depth = max((len(static.steps) for static in statics), default=0)
+        self._resize()
+
+    def set_otp(self, table: Mapping[tuple[int, ...], SequenceHit]) -> None:
+        """Replace the one-time sequences acceptable now (from ``Gate.sequences(now)``).
+
+        The daemon refreshes it at least once per sequence step; the table is
+        used as given, not copied.
+        """
+        self._otp = table
+        self._otp_lengths = tuple(sorted({len(ports) for ports in table}, reverse=True))
+        self._resize()
+
+    def _resize(self) -> None:
+        # Sources' lists are trimmed lazily, on their next hit.
+        self._depth = max(self._static_depth, self._otp_lengths[0] if self._otp_lengths else 0, 1)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def hit(self, source: IPAddress, request: Request, received: float) -> list[Knock]:
+        """Record one packet to a watched port; the knocks it completes (usually none)."""
+        proto, port = request.proto, request.port
+        hits = self._sources.get(source)
+        if hits is None:
+            if len(self._sources) >= self.max_sources:
+                self._sources.popitem(last=False)
+            hits = self._sources[source] = []
+        else:
+            self._sources.move_to_end(source)
+        if hits and hits[-1].port == port and hits[-1].proto == proto:
+            # A retransmitted SYN (or `knock` re-run with the first port after
+            # a lost attempt): refresh its time rather than count it twice.
+            hits[-1] = Hit(proto, port, received)
+            return []
+        hits.append(Hit(proto, port, received))
+        if len(hits) > self._depth:
+            del hits[: len(hits) - self._depth]
+        found = self._statics_completed(hits, source, received) + self._otp_completed(hits, source, received)
+        if found:
+            hits.clear()  # a completed sequence is not the start of the next
+        return found
+
+    def _statics_completed(self, hits: list[Hit], source: IPAddress, received: float) -> list[Knock]:
+        found: list[Knock] = []
+        last = hits[-1]
+        for static, steps in self._by_last.get((last.proto, last.port), ()):
+            size = len(steps)
+            if len(hits) < size or received - hits[-size].time > static.timeout:
+                continue
+            if all((hit.proto, hit.port) == step for hit, step in zip(hits[-size:], steps)):
+                found.append(Knock(Carrier.SEQUENCE, Form.STATIC, StaticHit(static.name), source, received))
+        return found
+
+    def _otp_completed(self, hits: list[Hit], source: IPAddress, received: float) -> list[Knock]:
+        for size in self._otp_lengths:  # longest first: the most specific match
+            if len(hits) < size or received - hits[-size].time > self.otp_timeout:
+                continue
+            found = self._otp.get(tuple(hit.port for hit in hits[-size:]))
+            if found is not None:
+                return [Knock(Carrier.SEQUENCE, Form.SEQUENCE, found, source, received)]
+        return []
+
+
+def watched(
+    statics: tuple[StaticSequence, ...], rule: SequenceRule, otp: bool
+) -> tuple[tuple[str, int, int], ...]:
+    """Port ranges the intake must capture and the guard must keep dropped.
+
+    Each fixed sequence's steps, plus the whole one-time range for tcp and
+    udp when one-time sequences are on, as (proto, low, high) with
+    overlapping and adjacent ranges merged, sorted by proto then port.
+    """
+    ranges: dict[str, list[tuple[int, int]]] = {proto: [] for proto in PROTOCOLS}
+    for static in statics:
+        for step in static.steps:
+            ranges[step.proto].append((step.port, step.port))
+    if otp:
+        for proto in PROTOCOLS:
+            ranges[proto].append((rule.low, rule.high))
+    merged: list[tuple[str, int, int]] = []
+    for proto in sorted(ranges):
+        current: tuple[int, int] | None = None
+        for low, high in sorted(ranges[proto]):
+            if current is not None and low <= current[1] + 1:
+                current = (current[0], max(current[1], high))
+                continue
+            if current is not None:
+                merged.append((proto, *current))
+            current = (low, high)
+        if current is not None:
+            merged.append((proto, *current))
+    return tuple(merged)
