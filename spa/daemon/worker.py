@@ -38,7 +38,7 @@ JUNK_REPORT_EVERY = 60.0  # seconds between "dropped N malformed" lines
 STATS_EVERY = 5.0  # seconds between counter reports to the supervisor
 TCP_CLIENTS = 64  # DNS-over-TCP connections served at once
 TCP_IDLE = 10.0  # seconds a DNS-over-TCP client may stay silent
-TCP_BUFFER = 4096  # a knock query is < 300 bytes; more is not a knock
+TCP_READ = 4096
 
 
 class Worker:
@@ -95,18 +95,12 @@ class Worker:
             return decision
         return None
 
-    def dns_query(self, message: bytes, source: str, now: float, max_size: int = dns.UDP_SIZE) -> bytes | None:
-        """A DNS query to our port 53: the reply to send (always the same kind), after deciding."""
+    def dns_query(self, message: bytes, max_size: int = dns.UDP_SIZE) -> dns.Query:
+        """Our answer to a DNS query on port 53. Send it *before* calling :meth:`label`:
+        the reply then cannot take longer for a valid token than for junk."""
         assert self.zone is not None
         self.counts["packets.dns"] += 1
-        query = dns.answer(message, self.zone, max_size)
-        if query.label:
-            try:
-                address = _address(source)
-            except ValueError:
-                return query.response
-            self.label(query.label, address, now)
-        return query.response
+        return dns.answer(message, self.zone, max_size)
 
     def label(self, label: str, source: IPAddress, now: float) -> Decision | None:
         knock = dns.knock(label, source, now)
@@ -243,16 +237,17 @@ def _serve_udp(worker: Worker, sock: socket.socket) -> None:
     for _ in range(64):  # bounded: other sockets get their turn in a flood
         try:
             message, peer = sock.recvfrom(4096)
-        except (BlockingIOError, InterruptedError):
+        except OSError:  # BlockingIOError included: nothing more to read
             return
+        query = worker.dns_query(message)
+        if query.response is None:
+            continue
+        try:
+            sock.sendto(query.response, peer)
         except OSError:
-            return
-        reply = worker.dns_query(message, peer[0], time.time())
-        if reply is not None:
-            try:
-                sock.sendto(reply, peer)
-            except OSError:
-                worker.counts["dns.send_failed"] += 1
+            worker.counts["dns.send_failed"] += 1
+        if query.label:
+            worker.label(query.label, _address(peer[0]), time.time())
 
 
 def _accept(listener: socket.socket, clients: dict[int, _TcpClient], selector: selectors.BaseSelector) -> None:
@@ -272,7 +267,7 @@ def _accept(listener: socket.socket, clients: dict[int, _TcpClient], selector: s
 
 def _serve_tcp(worker: Worker, clients: dict[int, _TcpClient], client: _TcpClient, selector: selectors.BaseSelector) -> None:
     try:
-        data = client.sock.recv(TCP_BUFFER)
+        data = client.sock.recv(TCP_READ)
     except (BlockingIOError, InterruptedError):
         return
     except OSError:
@@ -282,16 +277,17 @@ def _serve_tcp(worker: Worker, clients: dict[int, _TcpClient], client: _TcpClien
         return
     client.buffer += data
     for message in dns.read_tcp(client.buffer):
-        reply = worker.dns_query(message, client.peer[0], time.time(), 65535)
-        if reply is not None:
-            try:
-                client.sock.send(dns.frame_tcp(reply))
-            except OSError:
-                _drop(client, clients, selector)
-                return
-    if len(client.buffer) > TCP_BUFFER:
-        _drop(client, clients, selector)
-        return
+        query = worker.dns_query(message, dns.TCP_SIZE)
+        if query.response is None:
+            _drop(client, clients, selector)
+            return
+        try:
+            client.sock.send(dns.frame_tcp(query.response))
+        except OSError:
+            _drop(client, clients, selector)
+            return
+        if query.label:
+            worker.label(query.label, _address(client.peer[0]), time.time())
     client.deadline = time.time() + TCP_IDLE
 
 

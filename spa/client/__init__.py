@@ -1,0 +1,1 @@
+"""What a person's machine does to knock: build tokens from a client key, send them."""

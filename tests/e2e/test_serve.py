@@ -1,0 +1,260 @@
+"""``spa serve`` in the namespace world, knocked with the stock tools.
+
+Every test: the protected port is dropped before the knock, opens for exactly
+the knocking address after it, and nothing else opens. Tokens are built with
+spa.client.tokens (the package's one token builder) and sent by ping, dig,
+nslookup, knock and a plain UDP socket in alice's namespace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spa.client import tokens
+from spa.core.keys import ClientKey
+from spa.core.sequence import SequenceRule
+from spa.daemon import privdrop
+from world import World, need_netns
+from world.daemon import ZONE, Served, make_served, remove
+from world.netns import Agent, wait_until
+
+pytestmark = pytest.mark.netns
+
+SERVER = "10.77.1.1"
+ALICE = ipaddress.ip_address("10.77.1.2")
+SEND_UDP = "import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))"
+
+
+class Knocking:
+    """A served world: spa serve with alice's key, and one agent per client."""
+
+    def __init__(self, world: World, served: Served, key: ClientKey) -> None:
+        self.world = world
+        self.served = served
+        self.key = key
+        self.alice: Agent = world.agent(world.alice)
+        self.bob: Agent = world.agent(world.bob)
+
+    def probe(self, agent: Agent | None = None, port: int = 22) -> str:
+        agent = agent or self.alice
+        host = self.world.alice if agent is self.alice else self.world.bob
+        return agent.probe(self.world.server_address(host), port)
+
+    def opens(self, port: int = 22, timeout: float = 3.0) -> bool:
+        return wait_until(lambda: self.probe(port=port) == "open", timeout, interval=0.05)
+
+    def alice_runs(self, *argv: str) -> str:
+        result = self.world.alice.run(list(argv), check=False, timeout=20)
+        return result.stdout + result.stderr
+
+
+@pytest.fixture
+def knocking(request: pytest.FixtureRequest) -> Iterator[Knocking]:
+    need_netns("nft", "ping", "dig", "nslookup", "knock", libraries=("nftables",))
+    world = World()
+    request.addfinalizer(world.close)
+    world.build()
+    world.echo_server(22, 2222)
+    served = make_served(world)
+    request.addfinalizer(lambda: remove(served))
+    key = served.keygen("alice", "--totp")
+    served.config.write_text(served.config.read_text() + (
+        '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 5\nopen = ["tcp/22"]\n'
+    ))
+    served.start()
+    yield Knocking(world, served, key)
+
+
+def _closed_before(k: Knocking) -> None:
+    assert k.probe() == "dropped", "the protected port answered before any knock"
+
+
+def _only_alice(k: Knocking) -> None:
+    assert k.probe(k.bob) == "dropped", "the grant leaked to another address"
+    assert k.probe(port=2222) == "dropped", "the grant leaked to another port"
+
+
+def test_ping_pattern_linux_layout(knocking: Knocking) -> None:
+    k = knocking
+    _closed_before(k)
+    token = tokens.compact_token(k.key, int(time.time()), ALICE)
+    k.alice_runs("ping", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(token), SERVER)
+    assert k.opens(), k.served.log()
+    _only_alice(k)
+    assert "accepted alice via icmp: 10.77.1.2 tcp/22 for 3 s" in k.served.log()
+
+
+def test_ping_pattern_ipv6(knocking: Knocking) -> None:
+    k = knocking
+    alice6 = ipaddress.ip_address("fd77:1::2")
+    assert k.alice.probe("fd77:1::1", 22) == "dropped"
+    token = tokens.compact_token(k.key, int(time.time()), alice6)
+    k.alice_runs("ping", "-6", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(token), "fd77:1::1")
+    assert wait_until(lambda: k.alice.probe("fd77:1::1", 22) == "open", 3, 0.05), k.served.log()
+    assert k.probe() == "dropped", "an IPv6 knock opened IPv4"
+
+
+def test_ping_pattern_freebsd_layout_crafted_with_scapy(knocking: Knocking) -> None:
+    k = knocking
+    _closed_before(k)
+    token = tokens.compact_token(k.key, int(time.time()), ALICE)
+    # FreeBSD/macOS: an 8-byte timestamp, then the pattern from data[8] on.
+    data = bytes(8) + (token * 4)[:48]
+    script = (
+        "import sys; from scapy.all import IP, ICMP, Raw, send; "
+        f"send(IP(dst='{SERVER}')/ICMP(id=7, seq=1)/Raw(bytes.fromhex(sys.argv[1])), verbose=False)"
+    )
+    k.alice_runs(sys.executable, "-c", script, data.hex())
+    assert k.opens(), k.served.log()
+    _only_alice(k)
+
+
+def test_dns_compact_label_queried_directly_with_dig_and_nslookup(knocking: Knocking) -> None:
+    k = knocking
+    _closed_before(k)
+    name = tokens.dns_name(tokens.compact_token(k.key, int(time.time()), ALICE), ZONE)
+    answer = k.alice_runs("dig", f"@{SERVER}", name, "+tries=1", "+time=2")
+    assert "status: NOERROR" in answer and "flags: qr aa" in answer
+    assert k.opens(), k.served.log()
+    _only_alice(k)
+    # nslookup's A+AAAA pair and retries of a fresh token: one more grant, never a replay line.
+    name = tokens.dns_name(tokens.compact_token(k.key, int(time.time()) + 1, ALICE), ZONE)
+    k.alice_runs("nslookup", name, SERVER)
+    assert k.served.wait_log("accepted alice via dns", 3)
+    assert k.served.log().count("accepted alice via dns") == 2
+    assert "replayed" not in k.served.log()
+
+
+def test_dns_answers_over_tcp_and_at_the_apex(knocking: Knocking) -> None:
+    k = knocking
+    soa = k.alice_runs("dig", f"@{SERVER}", ZONE, "SOA", "+tcp", "+tries=1", "+time=2")
+    assert "status: NOERROR" in soa and "SOA" in soa.split("ANSWER SECTION")[1]
+    token = tokens.compact_token(k.key, int(time.time()), ALICE)
+    k.alice_runs("dig", f"@{SERVER}", tokens.dns_name(token, ZONE), "+tcp", "+tries=1", "+time=2")
+    assert k.opens(), k.served.log()
+
+
+def test_udp_datagram(knocking: Knocking) -> None:
+    k = knocking
+    _closed_before(k)
+    packet = tokens.spa_datagram(k.key, int(time.time()), source=ALICE)
+    k.alice_runs(sys.executable, "-c", SEND_UDP, packet.hex(), SERVER, "62201")
+    assert k.opens(), k.served.log()
+    _only_alice(k)
+
+
+def test_knock_client_fixed_sequence(knocking: Knocking) -> None:
+    k = knocking
+    _closed_before(k)
+    k.alice_runs("knock", "-d", "50", SERVER, "7000", "8000:udp", "9000")
+    assert k.opens(), k.served.log()
+    _only_alice(k)
+    assert "accepted sequence:office via sequence" in k.served.log()
+
+
+def test_knock_client_one_time_sequence(knocking: Knocking) -> None:
+    k = knocking
+    _closed_before(k)
+    ports = tokens.otp_sequence(k.key, time.time(), SequenceRule())
+    k.alice_runs("knock", "-d", "50", SERVER, *map(str, ports))
+    assert k.opens(), k.served.log()
+    _only_alice(k)
+
+
+def test_wrong_and_stale_tokens_open_nothing(knocking: Knocking) -> None:
+    k = knocking
+    stale = tokens.compact_token(k.key, int(time.time()) - 600, ALICE)
+    k.alice_runs("ping", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(stale), SERVER)
+    forged = bytes(16)
+    k.alice_runs("ping", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(forged), SERVER)
+    bob_token = tokens.compact_token(k.key, int(time.time()), ipaddress.ip_address("10.77.2.2"))
+    k.alice_runs("dig", f"@{SERVER}", tokens.dns_name(bob_token, ZONE), "+tries=1", "+time=2")
+    k.alice_runs("knock", "-d", "50", SERVER, "7000", "9000", "8000:udp")  # wrong order
+    assert k.served.wait_log("outside time window", 3), k.served.log()
+    assert k.served.wait_log("bad authenticator", 3), k.served.log()
+    time.sleep(0.3)
+    assert k.probe() == "dropped"
+    assert "accepted" not in k.served.log()
+
+
+def test_knock_ports_answer_nothing(knocking: Knocking) -> None:
+    k = knocking
+    # No RST and no ICMP port unreachable: the ports look like nothing is there.
+    assert k.probe(port=7000) == "dropped"
+    assert k.probe(port=31337) == "dropped"  # inside the one-time sequence range
+    scan = k.alice_runs(sys.executable, "-c", (
+        "import socket; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(1);"
+        f"s.connect(('{SERVER}',62201)); s.send(b'x')\n"
+        "try:\n s.recv(1); print('answered')\n"
+        "except ConnectionRefusedError: print('refused')\n"
+        "except socket.timeout: print('silent')"))
+    assert scan.strip() == "silent"
+
+
+def test_worker_is_unprivileged(knocking: Knocking) -> None:
+    pid = knocking.served.worker_pid()
+    status = Path(f"/proc/{pid}/status").read_text()
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert set(uids) == {"65534"}, uids  # nobody, real/effective/saved/fs
+    assert privdrop.effective_capabilities(pid) == 0
+    assert "NoNewPrivs:\t1" in status
+
+
+def test_reload_adds_a_key_and_refuses_a_broken_config(knocking: Knocking) -> None:
+    k = knocking
+    bob = k.served.keygen("bob")
+    k.served.signal(signal.SIGHUP)
+    assert k.served.wait_log("reloaded", 5), k.served.log()
+    token = tokens.compact_token(bob, int(time.time()), ipaddress.ip_address("10.77.2.2"))
+    k.world.bob.run(["ping", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(token), "10.77.2.1"], check=False)
+    assert wait_until(lambda: k.probe(k.bob) == "open", 3, 0.05), k.served.log()
+
+    k.served.edit("time_window = 60", "time_window = 0")
+    k.served.signal(signal.SIGHUP)
+    assert k.served.wait_log("reload refused", 5), k.served.log()
+    assert "server.time_window" in k.served.log()
+    token = tokens.compact_token(k.key, int(time.time()), ALICE)
+    k.alice_runs("ping", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(token), SERVER)
+    assert k.opens(), "the old configuration stopped working after a refused reload"
+
+
+def test_replay_state_survives_a_reload(knocking: Knocking) -> None:
+    k = knocking
+    token = tokens.compact_token(k.key, int(time.time()), ALICE)
+    pattern = tokens.ping_pattern(token)
+    k.alice_runs("ping", "-c", "1", "-W", "1", "-p", pattern, SERVER)
+    assert k.opens()
+    k.served.signal(signal.SIGHUP)
+    assert k.served.wait_log("reloaded", 5)
+    # From bob's address the same token is a replay, before and after the reload.
+    k.world.bob.run(["ping", "-c", "1", "-W", "1", "-p", pattern, "10.77.2.1"], check=False)
+    assert k.served.wait_log("replayed token", 3), k.served.log()
+    assert k.probe(k.bob) == "dropped"
+
+
+def test_usr1_counters_status_and_clean_stop(knocking: Knocking) -> None:
+    k = knocking
+    token = tokens.compact_token(k.key, int(time.time()), ALICE)
+    k.alice_runs("ping", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(token), SERVER)
+    assert k.opens()
+    k.served.signal(signal.SIGUSR1)
+    assert k.served.wait_log("counters: ", 3)
+    assert "gate.accepted=1" in k.served.log()
+    assert wait_until(lambda: (k.served.directory / "state" / "status.json").exists(), 7)
+    status = json.loads((k.served.directory / "state" / "status.json").read_text())
+    assert status["counts"]["gate.accepted"] == 1 and status["grants_applied"] == 1
+    shown = k.served.spa("status", "--config", str(k.served.config), check=False)
+    assert "gate.accepted" in shown.stdout
+    assert k.served.stop() == 0
+    assert "stopping" in k.served.log()
+    tables = k.world.server.run(["nft", "list", "tables"]).stdout
+    assert "spa_guard" in tables and "spa_grant" not in tables
+    assert k.probe() == "dropped", "the port opened when spa stopped"
