@@ -1,0 +1,178 @@
+"""The daemon's pure parts: pipe messages, log lines, the supervisor's re-check,
+what needs a restart, and the worker fed with packet bytes (no sockets, no root)."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import ICMP, IP, UDP, TCP
+from scapy.packet import Raw
+
+from spa.cli import main
+from spa.client import tokens
+from spa.core import config as config_module
+from spa.core.events import Accepted, Carrier, Duplicate, Grant, Reason, Rejection, Request
+from spa.core.keys import load_client_key
+from spa.core.ledger import Ledger
+from spa.core.sequence import SequenceRule
+from spa.daemon import messages, recheck, report
+from spa.daemon.supervisor import restart_needed
+from spa.daemon.worker import Worker
+
+ALICE = ipaddress.ip_address("198.51.100.7")
+SSH = Request("tcp", 22)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    directory = tmp_path / "srv"
+    assert main(["init", "--dir", str(directory), "--protect", "tcp/22,tcp/3389", "--zone", "knock.test",
+                 "--backend", "dry-run"]) == 0
+    config = directory / "spa.toml"
+    config.write_text(config.read_text() + '\n[sequences.office]\nports = ["tcp/7000", "udp/8000"]\nopen = ["tcp/3389"]\n')
+    key = tmp_path / "alice.spakey"
+    assert main(["keygen", "alice", "--config", str(config), "--server", "192.0.2.1", "--out", str(key)]) == 0
+    return config, key
+
+
+def make_worker(config_path: Path) -> tuple[Worker, list[messages.Message]]:
+    config = config_module.load(config_path)
+    sent: list[messages.Message] = []
+    worker = Worker(config, config_module.load_keyring(config), Ledger(700), sent.append)
+    return worker, sent
+
+
+# -- messages ------------------------------------------------------------------
+
+def test_grants_and_stats_cross_the_pipe_intact() -> None:
+    grant = Grant(ALICE, SSH, 30, "alice", Carrier.DNS, single_use=True)
+    assert messages.decode(messages.encode(grant)) == grant
+    stats = messages.Stats({"gate.accepted": 3})
+    assert messages.decode(messages.encode(stats)) == stats
+
+
+@pytest.mark.parametrize("line", [
+    b"", b"{", b"[]", b'{"grant": {}}', b'{"grant": 1, "stats": 2}',
+    b'{"grant": {"address": "1.2.3.4", "request": "tcp/22", "seconds": 0, "key": "a", "carrier": "dns", "single_use": false}}',
+    b'{"grant": {"address": "1.2.3.4", "request": "icmp/1", "seconds": 5, "key": "a", "carrier": "dns", "single_use": false}}',
+    b'{"grant": {"address": "1.2.3.4", "request": "tcp/22", "seconds": 5, "key": "a", "carrier": "smoke", "single_use": false}}',
+    b'{"grant": {"address": "1.2.3.4", "request": "tcp/22", "seconds": true, "key": "a", "carrier": "dns", "single_use": false}}',
+    b'{"stats": {"x": 1}}' + b" " * messages.MAX_LINE,
+])
+def test_malformed_lines_are_dropped(line: bytes) -> None:
+    assert messages.decode(line) is None
+
+
+def test_line_reader_splits_and_bounds_a_partial_line() -> None:
+    reader = messages.LineReader()
+    assert reader.feed(b"one\ntw") == [b"one"]
+    assert reader.feed(b"o\n") == [b"two"]
+    assert reader.feed(b"x" * 100_000) == []
+    assert len(reader._buffer) <= messages.MAX_LINE + 1
+
+
+# -- report --------------------------------------------------------------------
+
+def test_log_lines_say_who_what_and_why() -> None:
+    grant = Grant(ALICE, SSH, 30, "alice", Carrier.DNS)
+    resolver = ipaddress.ip_address("192.0.2.53")
+    line = report.describe(Accepted((grant,), "alice", Carrier.DNS, resolver))
+    assert line == "accepted alice via dns from 192.0.2.53: 198.51.100.7 tcp/22 for 30 s"
+    rejected = Rejection(Reason.BAD_MAC, ALICE, Carrier.ICMP, "", "alice")
+    assert report.describe(rejected) == "rejected key alice from 198.51.100.7 via icmp: bad authenticator"
+    assert report.describe(Rejection(Reason.MALFORMED, ALICE, Carrier.ICMP)) is None  # counted, not logged
+    assert report.describe(Duplicate(ALICE, Carrier.ICMP, "alice")) is None
+    junk = Rejection(Reason.MALFORMED, ALICE, Carrier.ICMP)
+    assert report.most_telling([junk, rejected]) is rejected
+    assert report.most_telling([junk]) is junk
+
+
+# -- the supervisor's second look ----------------------------------------------
+
+def test_recheck_applies_the_supervisors_own_policy(setup: tuple[Path, Path]) -> None:
+    config = config_module.load(setup[0])
+    keyring = config_module.load_keyring(config)
+
+    def why(**change: object) -> str | None:
+        values = {"address": ALICE, "request": SSH, "seconds": 30, "key": "alice", "carrier": Carrier.ICMP}
+        values.update(change)
+        return recheck.refusal(Grant(**values), keyring, config.firewall)  # type: ignore[arg-type]
+
+    assert why() is None
+    assert "no key" in str(why(key="mallory"))
+    assert "may not open" in str(why(request=Request("tcp", 80)))
+    assert "max_seconds" in str(why(seconds=301))
+    assert why(key="sequence:office", request=Request("tcp", 3389), carrier=Carrier.SEQUENCE) is None
+    assert "carrier" in str(why(key="sequence:office", request=Request("tcp", 3389), carrier=Carrier.UDP))
+
+
+def test_what_a_reload_cannot_change(setup: tuple[Path, Path]) -> None:
+    path = setup[0]
+    old = config_module.load(path)
+    text = path.read_text()
+    path.write_text(text.replace("key_rate = 0.5", "key_rate = 2.0"))
+    assert restart_needed(old, config_module.load(path)) is None
+    path.write_text(text.replace("port = 62201", "port = 62202"))
+    assert "knock ports" in str(restart_needed(old, config_module.load(path)))
+    path.write_text(text.replace('mode = "serve"', 'mode = "sniff"'))
+    assert "dns" in str(restart_needed(old, config_module.load(path)))
+
+
+# -- the worker, fed bytes -------------------------------------------------------
+
+def test_worker_grants_a_ping_once_and_counts_junk(setup: tuple[Path, Path]) -> None:
+    worker, sent = make_worker(setup[0])
+    key = load_client_key(setup[1])
+    now = time.time()
+    token = tokens.compact_token(key, int(now), ALICE)
+    ping = bytes(IP(src=str(ALICE), dst="192.0.2.1") / ICMP(type=8) / Raw(bytes(16) + token * 3))
+    decision = worker.packet(ping, now)
+    assert isinstance(decision, Accepted)
+    assert sent == [Grant(ALICE, SSH, 30, "alice", Carrier.ICMP)]
+    assert isinstance(worker.packet(ping, now + 1), Duplicate)  # ping's next echo
+    assert len(sent) == 1
+    junk = bytes(IP(src=str(ALICE), dst="192.0.2.1") / UDP(dport=62201) / Raw(b"x" * 8))
+    assert worker.packet(junk, now) is None
+    assert worker.packet(b"\x45garbage", now) is None
+    stats = worker.stats()
+    assert stats["gate.accepted"] == 1 and stats["junk"] == 1 and stats["packets.unparsed"] == 1
+
+
+def test_worker_answers_dns_the_same_and_grants_after(setup: tuple[Path, Path]) -> None:
+    from dnslib import DNSRecord
+
+    worker, sent = make_worker(setup[0])
+    key = load_client_key(setup[1])
+    now = time.time()
+    good = tokens.dns_name(tokens.compact_token(key, int(now), ALICE), "knock.test")
+    bad = tokens.dns_name(bytes(16), "knock.test")
+    replies = []
+    for name in (good, bad):
+        query = worker.dns_query(DNSRecord.question(name).pack())
+        assert query.response is not None and query.label
+        replies.append(DNSRecord.parse(query.response))
+        worker.label(query.label, ALICE, now)
+    assert [r.header.rcode for r in replies] == [0, 0]
+    assert [len(r.rr) for r in replies] == [0, 0] and [len(r.auth) for r in replies] == [1, 1]
+    assert sent == [Grant(ALICE, SSH, 30, "alice", Carrier.DNS)]
+
+
+def test_worker_completes_fixed_and_one_time_sequences(setup: tuple[Path, Path]) -> None:
+    worker, sent = make_worker(setup[0])
+    key = load_client_key(setup[1])
+    now = time.time()
+
+    def send(proto: str, port: int) -> object:
+        layer = TCP(dport=port, flags="S") if proto == "tcp" else UDP(dport=port)
+        return worker.packet(bytes(IP(src=str(ALICE), dst="192.0.2.1") / layer), now)
+
+    send("tcp", 7000)
+    send("tcp", 7000)  # a retransmitted SYN changes nothing
+    assert isinstance(send("udp", 8000), Accepted)
+    assert sent[-1] == Grant(ALICE, Request("tcp", 3389), 30, "sequence:office", Carrier.SEQUENCE)
+    ports = tokens.otp_sequence(key, now, SequenceRule())
+    decisions = [send("tcp", port) for port in ports]
+    assert isinstance(decisions[-1], Accepted) and sent[-1].key == "alice"
