@@ -205,6 +205,19 @@ def test_memoryview_input() -> None:
     assert candidates[0].payload == token and type(candidates[0].payload) is bytes
 
 
+def test_windows_powershell_buffer_in_the_linux_layout() -> None:
+    # .NET Ping.Send sends the buffer as is: zeros where ping puts its timestamp.
+    bench = make_bench()
+    token = bench.compact()
+    code = totp_now()
+    for pattern, payload in ((token, token), (bytes.fromhex(otp.to_pattern(7, code)), OtpCode(7, code))):
+        buffer = bytes(16) + bytes(pattern[k % len(pattern)] for k in range(16, 48))
+        candidates = icmp.knocks(buffer, CLIENT, NOW)
+        assert candidates[0].payload == payload
+        index, decision = first_accepted(bench.gate, candidates)
+        assert index == 0 and isinstance(decision, Accepted)
+
+
 # -- packets built by scapy --------------------------------------------------
 
 
