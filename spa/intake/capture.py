@@ -52,9 +52,10 @@ class CaptureError(SpaError):
 @dataclass(frozen=True)
 class CaptureStatistics:
     """Counted by the kernel since the previous call: packets that passed the
-    filter, and how many of those were dropped because the queue was full."""
+    filter (``matched``), and how many of those it dropped because the
+    receive queue was full (``dropped``, included in ``matched``)."""
 
-    received: int
+    matched: int
     dropped: int
 
 
@@ -104,13 +105,18 @@ class Capture:
         return packets
 
     def statistics(self) -> CaptureStatistics:
-        """Packets delivered and dropped (queue full) since the last call, all sockets."""
-        received = dropped = 0
+        """Packets matched and dropped (queue full) since the last call, all sockets.
+
+        Reading resets the kernel's counters. A growing ``dropped`` means
+        packets arrive faster than the caller drains them.
+        """
+        matched = dropped = 0
         for sock in self._names:
+            # tpacket_stats: the kernel already adds drops into tp_packets.
             packets, drops = struct.unpack("=II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
-            received += packets
+            matched += packets
             dropped += drops
-        return CaptureStatistics(received, dropped)
+        return CaptureStatistics(matched, dropped)
 
     def close(self) -> None:
         """Close every socket; safe to call twice."""
