@@ -1,7 +1,7 @@
 """Port sequences (the stock ``knock`` client) to knocks: per-source progress.
 
 The intake hands :meth:`Tracker.hit` every TCP SYN (without ACK) and every
-UDP datagram sent to a watched port (see :func:`watched`); the tracker says
+UDP datagram sent to a knock port (:func:`spa.core.sequence.knock_ports`); the tracker says
 when a source's recent hits complete a sequence:
 
 - a fixed, knockd-style sequence (:class:`StaticSequence`): the source's
@@ -138,34 +138,3 @@ class Tracker:
             if found is not None:
                 return [Knock(Carrier.SEQUENCE, Form.SEQUENCE, found, source, received)]
         return []
-
-
-def watched(
-    statics: tuple[StaticSequence, ...], rule: SequenceRule, otp: bool
-) -> tuple[tuple[str, int, int], ...]:
-    """Port ranges the intake must capture and the guard must keep dropped.
-
-    Each fixed sequence's steps, plus the whole one-time range for tcp and
-    udp when one-time sequences are on, as (proto, low, high) with
-    overlapping and adjacent ranges merged, sorted by proto then port.
-    """
-    ranges: dict[str, list[tuple[int, int]]] = {proto: [] for proto in PROTOCOLS}
-    for static in statics:
-        for step in static.steps:
-            ranges[step.proto].append((step.port, step.port))
-    if otp:
-        for proto in PROTOCOLS:
-            ranges[proto].append((rule.low, rule.high))
-    merged: list[tuple[str, int, int]] = []
-    for proto in sorted(ranges):
-        current: tuple[int, int] | None = None
-        for low, high in sorted(ranges[proto]):
-            if current is not None and low <= current[1] + 1:
-                current = (current[0], max(current[1], high))
-                continue
-            if current is not None:
-                merged.append((proto, *current))
-            current = (low, high)
-        if current is not None:
-            merged.append((proto, *current))
-    return tuple(merged)

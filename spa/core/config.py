@@ -23,7 +23,7 @@ from .gate import GateSettings
 from .keyring import Keyring
 from .keys import check_private, load_store
 from .policy import POLICY_OPTIONS, Policy, read_policy
-from .sequence import SequenceRule, StaticSequence
+from .sequence import SequenceRule, StaticSequence, knock_ports
 from .tomlfile import Document
 
 T = TypeVar("T")
@@ -222,12 +222,9 @@ def load(path: Path) -> Config:
     sequence = SequenceConfig(tables["sequence"].number("timeout", 10.0, 1, 600, float)) if on["sequence"] else None
     statics = _read_statics(doc, policy, protect)
 
-    quiet: list[tuple[str, int, int]] = []
+    quiet = list(knock_ports(statics, rule, otp=sequence is not None))
     if udp is not None:
         quiet.append(("udp", udp.port, udp.port))
-    if sequence is not None:
-        quiet += [("tcp", rule.low, rule.high), ("udp", rule.low, rule.high)]
-    quiet += [(step.proto, step.port, step.port) for static in statics for step in static.steps]
     try:
         firewall = FirewallSettings(**{**{f.name: getattr(firewall, f.name) for f in fields(firewall)},
                                        "quiet": tuple(sorted(set(quiet)))})

@@ -86,3 +86,37 @@ class StaticSequence:
             raise ValueError("a port may not follow itself in a sequence")
         if not 0.1 <= self.timeout <= 3600:
             raise ValueError("timeout must be 0.1-3600 seconds")
+
+
+def knock_ports(
+    statics: tuple[StaticSequence, ...], rule: SequenceRule, otp: bool
+) -> tuple[tuple[str, int, int], ...]:
+    """Port ranges the intake must capture and the guard must keep dropped.
+
+    The one place that says which ports are sequence knock ports: the config
+    turns them into ``FirewallSettings.quiet``, the daemon into its filter.
+
+    Each fixed sequence's steps, plus the whole one-time range for tcp and
+    udp when one-time sequences are on, as (proto, low, high) with
+    overlapping and adjacent ranges merged, sorted by proto then port.
+    """
+    ranges: dict[str, list[tuple[int, int]]] = {"tcp": [], "udp": []}
+    for static in statics:
+        for step in static.steps:
+            ranges[step.proto].append((step.port, step.port))
+    if otp:
+        for proto in ("tcp", "udp"):
+            ranges[proto].append((rule.low, rule.high))
+    merged: list[tuple[str, int, int]] = []
+    for proto in sorted(ranges):
+        current: tuple[int, int] | None = None
+        for low, high in sorted(ranges[proto]):
+            if current is not None and low <= current[1] + 1:
+                current = (current[0], max(current[1], high))
+                continue
+            if current is not None:
+                merged.append((proto, *current))
+            current = (low, high)
+        if current is not None:
+            merged.append((proto, *current))
+    return tuple(merged)

@@ -149,7 +149,8 @@ class Worker:
         self._refresh_sequences(now)
         malformed = self.gate.counts.get("MALFORMED", 0) + self.counts["junk"]
         if malformed > self._junk_reported and now - self._junk_at >= JUNK_REPORT_EVERY:
-            log.info(f"dropped {malformed - self._junk_reported} malformed knocks since the last report")
+            # Plain pings count here too: every echo is read as a possible knock.
+            log.info(f"{malformed - self._junk_reported} packets since the last report were not knocks")
             self._junk_reported = malformed
             self._junk_at = now
 

@@ -7,13 +7,13 @@ import tracemalloc
 
 import pytest
 
-from spa.carriers.sequence import Tracker, watched
+from spa.carriers.sequence import Tracker
 from spa.core.events import Accepted, Carrier, Form, Knock, Request, SequenceHit, StaticHit
 from spa.core.gate import Gate
 from spa.core.keyring import Keyring
 from spa.core.ledger import Ledger
 from spa.core.policy import Policy
-from spa.core.sequence import SequenceRule, StaticSequence
+from spa.core.sequence import SequenceRule, StaticSequence, knock_ports
 
 from makings import CLIENT, NOW, OBFUSCATION_KEY, OTHER, RDP, SSH, alice_record, make_bench
 
@@ -301,7 +301,7 @@ def test_max_sources_must_be_positive() -> None:
         Tracker(max_sources=0)
 
 
-# -- watched ports -----------------------------------------------------------
+# -- knock ports (spa.core.sequence) -----------------------------------------------------------
 
 
 def test_watched_merges_ranges_per_protocol() -> None:
@@ -311,13 +311,13 @@ def test_watched_merges_ranges_per_protocol() -> None:
         StaticSequence("near", (Request("tcp", 7001), Request("tcp", 6999), Request("udp", 20000)), Policy(open=(SSH,))),
         StaticSequence("inside", (Request("tcp", 30000), Request("udp", 60000)), Policy(open=(SSH,))),
     )
-    assert watched(statics, rule, otp=False) == (
+    assert knock_ports(statics, rule, otp=False) == (
         ("tcp", 6999, 7001), ("tcp", 8000, 8000), ("tcp", 30000, 30000),
         ("udp", 9000, 9000), ("udp", 20000, 20000), ("udp", 60000, 60000),
     )
-    assert watched(statics, rule, otp=True) == (
+    assert knock_ports(statics, rule, otp=True) == (
         ("tcp", 6999, 7001), ("tcp", 8000, 8000), ("tcp", 20000, 59999),
         ("udp", 9000, 9000), ("udp", 20000, 60000),
     )
-    assert watched((), rule, otp=True) == (("tcp", 20000, 59999), ("udp", 20000, 59999))
-    assert watched((), rule, otp=False) == ()
+    assert knock_ports((), rule, otp=True) == (("tcp", 20000, 59999), ("udp", 20000, 59999))
+    assert knock_ports((), rule, otp=False) == ()
