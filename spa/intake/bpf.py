@@ -11,7 +11,10 @@ so junk aimed at other ports costs us nothing and a flood at a knock port is
 the only load that reaches Python.
 
 The program sees the packet from its IP header on (``AF_PACKET`` with
-``SOCK_DGRAM``) and checks, in order: IP version nibble; for IPv4 that the
+``SOCK_DGRAM``) and checks, in order: that the packet was addressed to this
+host at the link layer (the kernel's packet type is PACKET_HOST: not a frame
+for another machine heard in promiscuous mode, nor a broadcast or multicast);
+IP version nibble; for IPv4 that the
 packet is not a fragment (offset or more-fragments bit, the same rule as
 :func:`spa.intake.packet.parse`), and the header length via the
 ``ldx 4*([0]&0xf)`` idiom so IPv4 options are honoured; then protocol,
@@ -51,6 +54,7 @@ BPF_AND = 0x50
 BPF_JA, BPF_JEQ, BPF_JGT, BPF_JGE, BPF_JSET = 0x00, 0x10, 0x20, 0x30, 0x40
 BPF_K = 0x00
 
+LD_ABS = BPF_LD | BPF_W | BPF_ABS
 LDB_ABS = BPF_LD | BPF_B | BPF_ABS
 LDH_ABS = BPF_LD | BPF_H | BPF_ABS
 LDB_IND = BPF_LD | BPF_B | BPF_IND
@@ -68,6 +72,12 @@ RET_K = BPF_RET | BPF_K
 MAX_INSTRUCTIONS = 4096  # BPF_MAXINSNS: the kernel refuses longer programs
 _MAX_CONDITIONAL = 255  # jt/jf are one byte
 _RANGES_PER_GROUP = 100  # keeps every range check within a one-byte jump of its ret
+
+# Ancillary load: ``ld [SKF_AD_OFF + SKF_AD_PKTTYPE]`` gives skb->pkt_type, not packet data.
+SKF_AD_OFF = -0x1000
+SKF_AD_PKTTYPE = 4
+PKTTYPE = (SKF_AD_OFF + SKF_AD_PKTTYPE) & 0xFFFFFFFF
+PACKET_HOST = 0  # linux/if_packet.h: addressed to us (BROADCAST 1, MULTICAST 2, OTHERHOST 3)
 
 SO_ATTACH_FILTER = 26  # asm-generic/socket.h; not exported by Python's socket module
 
@@ -115,7 +125,7 @@ class Wanted:
                 raise TypeError(f"Wanted.{name} must be a tuple of PortRange")
 
     def matches(self, packet: Packet) -> bool:
-        """Whether a parsed packet is one the filter lets through.
+        """Whether a parsed packet (sent to this host) is one the filter lets through.
 
         The pure twin of the compiled filter (tests check that they agree).
         ``parse`` only returns echo *requests* for ICMP, so the ICMP case
@@ -249,6 +259,10 @@ def compile_filter(wanted: Wanted, snaplen: int = 2048) -> list[Instruction]:
                 for i, (protocol, label) in enumerate(cases)]
 
     items: list[_Item] = [
+        # Only frames sent to this host: when an interface is promiscuous
+        # (a tcpdump running), knocks meant for other machines pass by too.
+        _Op(LD_ABS, PKTTYPE),
+        _Op(JEQ_K, PACKET_HOST, None, "reject"),
         _Op(LDB_ABS, 0),
         _Op(AND_K, 0xF0),
         _Op(JEQ_K, 0x40, None, "v6"),

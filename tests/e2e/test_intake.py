@@ -130,3 +130,15 @@ def test_without_cap_net_raw_the_error_says_so(world: World) -> None:
     listener = listen(world, world.server, WANTED, drop_before_open=True)
     assert listener.first == {"error": "capturing packets needs root or CAP_NET_RAW"}
 
+
+
+def test_frames_for_other_hosts_are_not_heard_in_promiscuous_mode(world: World) -> None:
+    """With the link promiscuous (say, tcpdump runs), the server's NIC takes
+    every frame on the wire; a knock sent to another machine must not count."""
+    world.server.run(["ip", "link", "set", "client1", "promisc", "on"])
+    world.alice.run(["ip", "neigh", "replace", "10.77.1.99", "lladdr", "02:00:00:00:00:99", "dev", "uplink"])
+    listener = start(world)
+    send(world, world.alice, "udp", "10.77.1.99", 62201, b"for someone else")
+    send(world, world.alice, "udp", "10.77.1.1", 62201, b"for the server")
+    found = listener.packets(count=1)
+    assert [bytes.fromhex(p["payload"]) for p in found] == [b"for the server"], found

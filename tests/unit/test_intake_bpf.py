@@ -43,8 +43,11 @@ class Fell(Exception):
     """The program ran off its end or jumped outside itself (the kernel refuses such programs)."""
 
 
-def run(program: list[Instruction], packet: bytes) -> int:
-    """Interpret classic BPF over ``packet``; return what the program returns."""
+def run(program: list[Instruction], packet: bytes, pkttype: int = bpf.PACKET_HOST) -> int:
+    """Interpret classic BPF over ``packet``; return what the program returns.
+
+    ``pkttype`` is what the kernel's ancillary load of skb->pkt_type gives.
+    """
     a = x = 0
     pc = 0
 
@@ -75,6 +78,11 @@ def run(program: list[Instruction], packet: bytes) -> int:
                 continue
             if mode == bpf.BPF_IMM:
                 a = k & MASK
+                continue
+            if mode == bpf.BPF_ABS and k >= bpf.SKF_AD_OFF & MASK:
+                if (k, size) != (bpf.PKTTYPE, 4):
+                    raise AssertionError(f"unsupported ancillary load {k:#x}")
+                a = pkttype
                 continue
             if mode == bpf.BPF_ABS:
                 value = load(k, size)
@@ -176,6 +184,15 @@ def test_wanted_packets_pass(packet: object) -> None:
         "ipv6-hop-by-hop", "ipv6-destination-options", "arp"])
 def test_unwanted_packets_are_refused(packet: object) -> None:
     assert not passes(KNOCK, packet)
+
+
+@pytest.mark.parametrize("pkttype", [1, 2, 3, 4], ids=["broadcast", "multicast", "otherhost", "outgoing"])
+def test_only_frames_addressed_to_this_host_pass(pkttype: int) -> None:
+    # In promiscuous mode the socket also hears other machines' knocks.
+    program = compile_filter(KNOCK)
+    for packet in (v4(UDP(dport=53)), v6(TCP(dport=22, flags="S")), v4(ICMP(type=8), PING_DATA)):
+        assert run(program, bytes(packet), bpf.PACKET_HOST) > 0
+        assert run(program, bytes(packet), pkttype) == 0
 
 
 def test_truncated_packets_are_refused_not_crashed() -> None:
