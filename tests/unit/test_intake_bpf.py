@@ -286,7 +286,7 @@ def near_ports(wanted: Wanted) -> list[int]:
     return sorted(p for p in edges if 0 <= p <= 0xFFFF)
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(wanteds, crafted())
 def test_filter_agrees_with_parse_and_matches(wanted: Wanted, packet: Crafted) -> None:
     verdict = run(compile_filter(wanted), packet.data) > 0
@@ -298,7 +298,7 @@ def test_filter_agrees_with_parse_and_matches(wanted: Wanted, packet: Crafted) -
         assert verdict == (parsed is not None and wanted.matches(parsed)), packet.description
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(wanteds, st.sampled_from((4, 6)), st.sampled_from(("udp", "tcp")), st.data())
 def test_filter_agrees_at_range_edges(wanted: Wanted, version: int, kind: str, data: st.DataObject) -> None:
     port = data.draw(st.sampled_from(near_ports(wanted)))
@@ -310,7 +310,7 @@ def test_filter_agrees_at_range_edges(wanted: Wanted, version: int, kind: str, d
     assert (run(compile_filter(wanted), raw) > 0) == wanted.matches(parsed)
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None)
 @given(wanteds, st.sampled_from((0x45, 0x46, 0x4F, 0x60)), st.binary(min_size=19, max_size=100))
 def test_filter_never_drops_what_parse_and_matches_keep(wanted: Wanted, first: int, rest: bytes) -> None:
     # On junk the filter may pass what parse then refuses (it is a pre-filter),

@@ -252,13 +252,13 @@ def test_payload_is_bytes() -> None:
 
 # -- properties ---------------------------------------------------------------
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(crafted())
 def test_parse_agrees_with_the_fields_scapy_was_given(packet: Crafted) -> None:
     assert parse(packet.data) == packet.expected, packet.description
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=128))
 def test_parse_never_raises_on_arbitrary_bytes(data: bytes) -> None:
     result = parse(data)
@@ -272,7 +272,7 @@ def ip_shaped(draw: st.DrawFn) -> bytes:
     return bytes([first]) + draw(st.binary(min_size=19, max_size=120))
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None)
 @given(ip_shaped())
 def test_parse_never_raises_on_ip_shaped_junk(data: bytes) -> None:
     result = parse(data)
@@ -280,7 +280,7 @@ def test_parse_never_raises_on_ip_shaped_junk(data: bytes) -> None:
         assert len(result.payload) <= len(data) and 0 <= result.port <= 0xFFFF
 
 
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(crafted(), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=6),
        st.integers(0, 200))
 def test_parse_never_raises_on_mutated_packets(packet: Crafted, changes: list[tuple[int, int]], cut: int) -> None:
