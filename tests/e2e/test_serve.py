@@ -16,9 +16,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyotp
 import pytest
+import tomllib
 
 from spa.client import tokens
+from spa.core import otp
 from spa.core.keys import ClientKey
 from spa.core.sequence import SequenceRule
 from spa.daemon import privdrop
@@ -57,7 +60,8 @@ class Knocking:
 
 
 @pytest.fixture
-def knocking(request: pytest.FixtureRequest) -> Iterator[Knocking]:
+def prepared(request: pytest.FixtureRequest) -> Iterator[Knocking]:
+    """Configured (alice's key with TOTP, a fixed sequence), not yet serving."""
     need_netns("nft", "ping", "dig", "nslookup", "knock", libraries=("nftables",))
     world = World()
     request.addfinalizer(world.close)
@@ -69,8 +73,18 @@ def knocking(request: pytest.FixtureRequest) -> Iterator[Knocking]:
     served.config.write_text(served.config.read_text() + (
         '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 5\nopen = ["tcp/22"]\n'
     ))
-    served.start()
     yield Knocking(world, served, key)
+
+
+@pytest.fixture
+def knocking(prepared: Knocking) -> Knocking:
+    prepared.served.start()
+    return prepared
+
+
+def totp_now(k: Knocking) -> str:
+    record = tomllib.loads((k.served.directory / "keys" / "alice.toml").read_text())
+    return pyotp.TOTP(record["totp_secret"]).now()
 
 
 def _closed_before(k: Knocking) -> None:
@@ -258,3 +272,76 @@ def test_usr1_counters_status_and_clean_stop(knocking: Knocking) -> None:
     tables = k.world.server.run(["nft", "list", "tables"]).stdout
     assert "spa_guard" in tables and "spa_grant" not in tables
     assert k.probe() == "dropped", "the port opened when spa stopped"
+
+
+def test_dns_extended_token_opens_the_address_it_names(knocking: Knocking) -> None:
+    k = knocking
+    # Bob's query stands in for a resolver: the source is not the address to open.
+    name = tokens.dns_name(tokens.extended_token(k.key, int(time.time()), ALICE), ZONE)
+    k.world.bob.run(["dig", "@10.77.2.1", name, "+tries=1", "+time=2"], check=False)
+    assert k.opens(), k.served.log()
+    assert k.probe(k.bob) == "dropped"
+    assert "accepted alice via dns from 10.77.2.2: 10.77.1.2 tcp/22" in k.served.log()
+
+
+def test_dns_over_ipv6(knocking: Knocking) -> None:
+    k = knocking
+    alice6 = ipaddress.ip_address("fd77:1::2")
+    name = tokens.dns_name(tokens.compact_token(k.key, int(time.time()), alice6), ZONE)
+    answer = k.alice_runs("dig", "@fd77:1::1", name, "+tries=1", "+time=2")
+    assert "status: NOERROR" in answer
+    assert wait_until(lambda: k.alice.probe("fd77:1::1", 22) == "open", 3, 0.05), k.served.log()
+
+
+def test_totp_code_by_dns_and_by_ping(knocking: Knocking) -> None:
+    k = knocking
+    code = totp_now(k)
+    k.alice_runs("nslookup", f"{otp.to_label('alice', code)}.{ZONE}.", SERVER)
+    assert k.opens(), k.served.log()
+    assert k.served.wait_log("accepted alice via dns", 3)
+    # The same code again, by ping, is the same one-time code: refused as a replay or a repeat.
+    k.alice_runs("ping", "-c", "1", "-W", "1", "-p", otp.to_pattern(k.key.key_id, code), SERVER)
+    time.sleep(0.3)
+    assert k.served.log().count("accepted alice") == 1
+
+
+def test_ping_totp_pattern(knocking: Knocking) -> None:
+    k = knocking
+    _closed_before(k)
+    k.alice_runs("ping", "-c", "1", "-W", "1", "-p", otp.to_pattern(k.key.key_id, totp_now(k)), SERVER)
+    assert k.opens(), k.served.log()
+    _only_alice(k)
+
+
+def test_silenced_echo_replies_still_hear_the_knock(prepared: Knocking) -> None:
+    k = prepared
+    k.served.edit("silence_replies = false", "silence_replies = true")
+    sysctl = ["sysctl", "-n", "net.ipv4.icmp_echo_ignore_all"]
+    before = k.world.server.run(sysctl).stdout.strip()
+    k.served.start()
+    assert k.world.server.run(sysctl).stdout.strip() == "1"
+    token = tokens.compact_token(k.key, int(time.time()), ALICE)
+    result = k.world.alice.run(["ping", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(token), SERVER], check=False)
+    assert result.returncode != 0, "the server answered a ping although replies are silenced"
+    assert k.opens(), k.served.log()
+    assert k.served.stop() == 0
+    assert k.world.server.run(sysctl).stdout.strip() == before
+
+
+def test_sniff_mode_hears_queries_another_server_answers(prepared: Knocking) -> None:
+    k = prepared
+    k.served.edit('mode = "serve"', 'mode = "sniff"')
+    # The "other DNS server": answers every query with REFUSED, knows nothing of spa.
+    other = (
+        "import socket\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('0.0.0.0',53)); print('ready',flush=True)\n"
+        "while True:\n"
+        " q,a=s.recvfrom(512); s.sendto(q[:2]+bytes([0x81,0x05])+q[4:],a)\n"
+    )
+    process = k.world.popen(k.world.server, [sys.executable, "-c", other])
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    k.served.start()
+    name = tokens.dns_name(tokens.compact_token(k.key, int(time.time()), ALICE), ZONE)
+    answer = k.alice_runs("dig", f"@{SERVER}", name, "+tries=1", "+time=2")
+    assert "status: REFUSED" in answer  # the other server's answer, not spa's
+    assert k.opens(), k.served.log()
