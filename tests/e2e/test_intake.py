@@ -21,7 +21,6 @@ pytestmark = pytest.mark.netns
 PATTERN = bytes.fromhex("5350412d696e74616b652d7465737421")  # 16 bytes, what `ping -p` carries
 WANTED = {"icmp_echo": True, "udp": [[62201, 62201], [7000, 7010]], "tcp_syn": [[7005, 7005]]}
 ALICE4, ALICE6 = "10.77.1.2", "fd77:1::2"
-BOB4 = "10.77.2.2"
 
 # Everything alice sends below is dropped on input, wanted or not.
 DROP_ALL_KNOCKS = """
