@@ -227,6 +227,12 @@ def serve(worker: Worker, listeners: Listeners, pipe: int) -> int:
             last_stats = 0.0
         if now - last_stats >= STATS_EVERY:
             last_stats = now
+            if capture is not None:
+                # Kernel-side drops (receive queue full): knocks lost before we saw them.
+                lost = capture.statistics().dropped
+                worker.counts["capture.dropped"] += lost
+                if lost:
+                    log.warning(f"the kernel dropped {lost} captured packets (receive queue full)")
             worker.emit(messages.Stats(worker.stats()))
     worker.emit(messages.Stats(worker.stats()))
     for client in list(clients.values()):
