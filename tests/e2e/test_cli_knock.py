@@ -1,0 +1,81 @@
+"""``spa knock`` and ``spa connect`` from alice's namespace against ``spa serve``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from world import World, need_netns
+from world.daemon import Served, make_served, remove
+
+pytestmark = pytest.mark.netns
+
+SERVER = "10.77.1.1"
+
+
+@pytest.fixture
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[World, Served]]:
+    need_netns("nft", "ping", libraries=("nftables",))
+    world = World()
+    request.addfinalizer(world.close)
+    world.build()
+    world.echo_server(22, 2222)
+    served = make_served(world)
+    request.addfinalizer(lambda: remove(served))
+    served.keygen("alice")
+    served.start()
+    yield world, served
+
+
+def spa_in_alice(world: World, served: Served, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    key = str(served.directory / "alice.spakey")
+    return subprocess.run(
+        world.alice.exec_argv([sys.executable, "-m", "spa", *argv, "--key", key]),
+        capture_output=True, text=True, timeout=30, input=stdin, check=False,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+
+
+@pytest.mark.parametrize("via", ["udp", "icmp", "sequence"])
+def test_knock_waits_until_the_port_is_open(served: tuple[World, Served], via: str) -> None:
+    world, daemon = served
+    result = spa_in_alice(world, daemon, "knock", "--via", via, SERVER)
+    assert result.returncode == 0, result.stderr + daemon.log()
+    assert result.stdout.startswith("tcp/22 on 10.77.1.1 is open (")
+    assert f"accepted alice via {via}" in daemon.log()
+
+
+def test_knock_by_dns_direct(served: tuple[World, Served]) -> None:
+    world, daemon = served
+    result = spa_in_alice(world, daemon, "knock", "--via", "dns", "--dns-server", SERVER, SERVER)
+    assert result.returncode == 0, result.stderr + daemon.log()
+    assert "accepted alice via dns: 10.77.1.2" in daemon.log()
+
+
+def test_knock_that_never_opens_says_so(served: tuple[World, Served]) -> None:
+    world, daemon = served
+    # Naming bob's address: the grant goes to bob, so alice's port never opens.
+    result = spa_in_alice(world, daemon, "knock", "--ip", "10.77.2.2", "--wait", "1", SERVER)
+    assert result.returncode == 1
+    assert "did not open within 1 s" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_connect_relays_a_session(served: tuple[World, Served]) -> None:
+    world, daemon = served
+    result = spa_in_alice(world, daemon, "connect", SERVER, "22", stdin="hello through the knock\n")
+    assert result.returncode == 0, result.stderr + daemon.log()
+    assert result.stdout == "hello through the knock\n"  # the echo service answered
+
+
+def test_errors_are_one_line(served: tuple[World, Served]) -> None:
+    world, daemon = served
+    os.chmod(daemon.directory / "alice.spakey", 0o640)
+    result = spa_in_alice(world, daemon, "knock", SERVER)
+    assert result.returncode == 1 and "chmod 600" in result.stderr and "Traceback" not in result.stderr
+    os.chmod(daemon.directory / "alice.spakey", 0o600)
+    result = spa_in_alice(world, daemon, "knock", "no-such-host.invalid")
+    assert result.returncode == 1 and "unknown server" in result.stderr
