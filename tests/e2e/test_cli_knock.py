@@ -79,3 +79,24 @@ def test_errors_are_one_line(served: tuple[World, Served]) -> None:
     os.chmod(daemon.directory / "alice.spakey", 0o600)
     result = spa_in_alice(world, daemon, "knock", "no-such-host.invalid")
     assert result.returncode == 1 and "unknown server" in result.stderr
+
+
+def test_ip_auto_learns_the_address_from_a_real_stun_server(served: tuple[World, Served]) -> None:
+    world, daemon = served
+    need_netns("turnserver")
+    turn = world.popen(world.server, [
+        "turnserver", "-n", "--listening-ip=10.77.1.1", "--listening-port=3478", "--stun-only",
+        "--no-cli", "--no-tls", "--no-dtls", "-b", str(daemon.directory / "turndb"), "--log-file=stdout",
+    ])
+    assert turn.pid > 0
+    result = None
+    for _ in range(20):  # coturn needs a moment to listen; bounded
+        result = spa_in_alice(world, daemon, "knock", "--ip", "auto", "--stun-server", "10.77.1.1:3478",
+                              "--wait", "2", SERVER)
+        if result.returncode == 0 or "STUN" not in result.stderr:
+            break
+    assert result is not None and result.returncode == 0, result.stderr + daemon.log()
+    assert "accepted alice via udp: 10.77.1.2 tcp/22" in daemon.log()
+    # And --ip auto really depends on STUN: with no server answering, no knock is sent.
+    silent = spa_in_alice(world, daemon, "knock", "--ip", "auto", "--stun-server", "10.77.1.1:3479", SERVER)
+    assert silent.returncode == 1 and "could not learn the public address by STUN" in silent.stderr
