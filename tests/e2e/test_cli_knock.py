@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +102,46 @@ def test_ip_auto_learns_the_address_from_a_real_stun_server(served: tuple[World,
     # And --ip auto really depends on STUN: with no server answering, no knock is sent.
     silent = spa_in_alice(world, daemon, "knock", "--ip", "auto", "--stun-server", "10.77.1.1:3479", SERVER)
     assert silent.returncode == 1 and "could not learn the public address by STUN" in silent.stderr
+
+
+def _sshd(world: World, base: Path) -> tuple[str, str]:
+    """A real sshd on the server's port 22 with a fresh host key; returns (client key, known_hosts)."""
+    for name in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True, timeout=30)
+    (base / "authorized_keys").write_text((base / "user.pub").read_text())
+    config = base / "sshd_config"
+    config.write_text(
+        f"Port 22\nListenAddress 10.77.1.1\nHostKey {base / 'host'}\nAuthorizedKeysFile {base / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "UsePAM no\nStrictModes no\nPidFile none\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    sshd = world.popen(world.server, [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(config)])
+    assert sshd.pid > 0
+    known = base / "known_hosts"
+    known.write_text(f"10.77.1.1 {(base / 'host.pub').read_text()}")
+    return str(base / "user"), str(known)
+
+
+def test_ssh_through_spa_connect_as_proxy_command(request: pytest.FixtureRequest) -> None:
+    need_netns("nft", "ssh", "sshd", "ssh-keygen", libraries=("nftables",))
+    world = World()
+    request.addfinalizer(world.close)
+    world.build()
+    world.echo_server(2222)
+    daemon = make_served(world)
+    request.addfinalizer(lambda: remove(daemon))
+    daemon.keygen("alice")
+    daemon.start()
+    user_key, known_hosts = _sshd(world, daemon.directory)
+    proxy = f"{sys.executable} -m spa connect --key {daemon.directory / 'alice.spakey'} %h %p"
+    argv = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10", "-i", user_key]
+    blocked = world.alice.run([*argv, "-o", "ConnectTimeout=2", "root@10.77.1.1", "echo", "hello"],
+                              check=False, timeout=30)
+    assert blocked.returncode != 0, "ssh got in without a knock"
+    result = world.alice.run([*argv, "-o", f"ProxyCommand={proxy}", "root@10.77.1.1", "echo", "through-spa"],
+                             check=False, timeout=30)
+    assert result.returncode == 0, result.stderr + daemon.log()
+    assert result.stdout.strip() == "through-spa"
+    assert "accepted alice via udp: 10.77.1.2 tcp/22" in daemon.log()
