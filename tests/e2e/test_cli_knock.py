@@ -136,11 +136,11 @@ def test_ssh_through_spa_connect_as_proxy_command(request: pytest.FixtureRequest
     user_key, known_hosts = _sshd(world, daemon.directory)
     proxy = f"{sys.executable} -m spa connect --key {daemon.directory / 'alice.spakey'} %h %p"
     argv = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10", "-i", user_key]
+            "-o", "StrictHostKeyChecking=yes", "-i", user_key]  # ssh keeps the first value of an option
     blocked = world.alice.run([*argv, "-o", "ConnectTimeout=2", "root@10.77.1.1", "echo", "hello"],
                               check=False, timeout=30)
     assert blocked.returncode != 0, "ssh got in without a knock"
-    result = world.alice.run([*argv, "-o", f"ProxyCommand={proxy}", "root@10.77.1.1", "echo", "through-spa"],
+    result = world.alice.run([*argv, "-o", "ConnectTimeout=10", "-o", f"ProxyCommand={proxy}", "root@10.77.1.1", "echo", "through-spa"],
                              check=False, timeout=30)
     assert result.returncode == 0, result.stderr + daemon.log()
     assert result.stdout.strip() == "through-spa"
