@@ -17,7 +17,7 @@ never asks a client to decrypt) and seals datagram bodies with the AEAD.
 
 The bytes are those of ``spa.client.tokens`` and docs/test-vectors.json
 (docs/protocol.md has the layouts); tests/unit/test_stdlib_client.py checks
-both, and tests/e2e/test_stdlib_client.py knocks a real ``spa serve``.
+both, and tests/e2e/test_stdlib_client_knocks.py knocks a real ``spa serve``.
 
 Speed, measured on the project's 2-core test machine with CPython 3.11
 (medians): the cryptography of one knock is 0.19 ms for a datagram (AES key

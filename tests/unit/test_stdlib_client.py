@@ -594,6 +594,22 @@ def test_dns_knock_reports_the_answer(tmp_path: Path, monkeypatch: pytest.Monkey
     assert capsys.readouterr().out == f"queried {case['dns_label']}.knock.example.com. at 127.0.0.1 (answer: NOERROR)\n"
 
 
+def test_dns_through_the_system_resolver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    asked: list[str] = []
+
+    def getaddrinfo(name: str, *args: Any) -> Any:
+        asked.append(name)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")  # what NODATA looks like
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    assert knock.main(["--key", str(write_key(tmp_path)), "--via", "dns", "--dns-server", "system",
+                       "--ip", "198.51.100.7", "--at", str(NOW)]) == 0
+    name = f"{VECTORS['extended'][0]['dns_label']}.knock.example.com."
+    assert asked == [name]
+    assert capsys.readouterr().out == f"looked up {name} through this machine's resolver\n"
+
+
 def test_nslookup_missing_is_one_line(tmp_path: Path) -> None:
     key = write_key(tmp_path)
     result = subprocess.run([sys.executable, "-I", "-S", str(CLIENT), "--key", str(key), "--via", "dns", "--nslookup",
