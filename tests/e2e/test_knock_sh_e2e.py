@@ -103,14 +103,18 @@ def test_dns_through_a_resolver_names_the_address(knocked: Knocked) -> None:
     bob's address, the extended token names alice's, and only alice opens."""
     k = knocked
     # ip netns exec bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
-    config = Path("/etc/netns") / k.world.bob.netns
-    config.mkdir(parents=True, exist_ok=True)
+    netns_etc = Path("/etc/netns")
+    made_netns_etc = not netns_etc.exists()
+    config = netns_etc / k.world.bob.netns
+    config.mkdir(parents=True)
     try:
         (config / "resolv.conf").write_text("nameserver 10.77.2.1\noptions timeout:2 attempts:1\n")
         k.knock(k.world.bob, "-v", "dns", "-i", "10.77.1.2")
     finally:
         (config / "resolv.conf").unlink(missing_ok=True)
         config.rmdir()
+        if made_netns_etc:
+            netns_etc.rmdir()
     k.opens_for_alice_only()
     assert "accepted alice via dns from 10.77.2.2: 10.77.1.2 tcp/22" in k.served.log()
 
