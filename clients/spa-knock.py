@@ -5,7 +5,7 @@ Copy this one file and your ``NAME.spakey`` to any machine with Python 3.8 or
 newer (Linux, macOS, Windows) and run it::
 
     python3 spa-knock.py --key alice.spakey            # one UDP datagram (SPA)
-    python3 spa-knock.py --via dns                     # a DNS query to the server
+    python3 spa-knock.py --via dns --ip 203.0.113.7    # a DNS lookup via your resolver
     python3 spa-knock.py --via icmp                    # prints a ping -p command
     py spa-knock.py --key alice.spakey                 # Windows
 
@@ -574,24 +574,35 @@ def load_key(path: str) -> Key:
     )
 
 
+def key_directories(environ: Dict[str, str], home: str) -> List[str]:
+    """Where a key file is looked for: ~/.config/spa, and %APPDATA%\\spa on Windows."""
+    directories = [os.path.join(home, ".config", "spa")]
+    if _windows() and environ.get("APPDATA"):
+        directories.append(os.path.join(environ["APPDATA"], "spa"))
+    return directories
+
+
 def find_key(given: Optional[str], environ: Dict[str, str], home: str) -> str:
-    """--key, then $SPA_KEY, then the one ``*.spakey`` in ~/.config/spa."""
+    """--key, then $SPA_KEY, then the one ``*.spakey`` in the key directories."""
     if given:
         return given
     if environ.get("SPA_KEY"):
         return environ["SPA_KEY"]
-    directory = os.path.join(home, ".config", "spa")
-    try:
-        found = sorted(name for name in os.listdir(directory) if name.endswith(".spakey"))
-    except OSError:
-        found = []
+    directories = key_directories(environ, home)
+    found = []
+    for directory in directories:
+        try:
+            names = sorted(name for name in os.listdir(directory) if name.endswith(".spakey"))
+        except OSError:
+            names = []
+        found += [os.path.join(directory, name) for name in names]
     if len(found) == 1:
-        return os.path.join(directory, found[0])
+        return found[0]
+    where = " or ".join(directories)
     if not found:
-        raise KnockError("no key file: pass --key FILE, set SPA_KEY, or put your NAME.spakey "
-                         "in {}".format(directory))
+        raise KnockError("no key file: pass --key FILE, set SPA_KEY, or put your NAME.spakey in {}".format(where))
     raise KnockError("{} key files in {} ({}): choose one with --key".format(
-        len(found), directory, ", ".join(found)))
+        len(found), where, ", ".join(os.path.basename(path) for path in found)))
 
 
 # --------------------------------------------------------------------------
@@ -673,6 +684,29 @@ def ask_dns(family: int, sockaddr: tuple, name: str, timeout: float = DNS_TIMEOU
     return None
 
 
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+def system_resolver() -> Optional[str]:
+    """The first name server of /etc/resolv.conf (POSIX), or None."""
+    if _windows():
+        return None
+    try:
+        with open(RESOLV_CONF, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            try:
+                ipaddress.ip_address(words[1].split("%")[0])
+            except ValueError:
+                continue
+            return words[1]  # with its %scope, if link-local
+    return None
+
+
 def ask_system_resolver(name: str, timeout: float = 8.0) -> None:
     """Look ``name`` up through the operating system's resolver (the answer does not matter)."""
     def lookup() -> None:
@@ -695,18 +729,22 @@ RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
 DESCRIPTION = "Knock an spa server: open a protected port for your address, for a few seconds."
 EPILOG = """\
 examples:
-  %(prog)s                                  one UDP datagram to the server in your key
-  %(prog)s --key alice.spakey --open tcp/3389 server.example.com
-  %(prog)s --via dns                        a DNS query straight to the spa server
-  %(prog)s --via dns --dns-server system --ip 203.0.113.7
-                                            through your usual resolver, opening 203.0.113.7
-  %(prog)s --via icmp                       print the ping -p command to run (Linux/macOS)
-  %(prog)s --via dns --ip 198.51.100.7 --print
-                                            print a lookup to type on another device
-  py %(prog)s --key alice.spakey            on Windows
+  spa-knock.py                          one UDP datagram to the server named in your key
+  spa-knock.py --key alice.spakey --open tcp/3389 server.example.com
+  spa-knock.py --via dns --dns-server server.example.com
+                                        a DNS query straight to the spa server (the one
+                                        in your key): opens the address you send from
+  spa-knock.py --via dns --ip 203.0.113.7
+                                        a DNS query through your usual resolver, opening
+                                        203.0.113.7 (your public address)
+  spa-knock.py --via icmp               print the ping -p command to run (Linux/macOS)
+  spa-knock.py --via dns --ip 198.51.100.7 --print
+                                        print a lookup to type on another device
+  py spa-knock.py --key alice.spakey    on Windows
 
-The key is --key, else $SPA_KEY, else the one *.spakey in ~/.config/spa.
-Behind NAT, pass your public address with --ip (the server sees that one).
+The key is --key, else $SPA_KEY, else the one *.spakey in ~/.config/spa
+(or %APPDATA%\\spa on Windows); it must be private (chmod 600).
+Behind NAT, pass your public address with --ip: the server sees that one.
 """
 
 
@@ -736,8 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=int, default=0, metavar="N",
                         help="--via udp: ask for an N-second grant (default: the server's)")
     parser.add_argument("--dns-server", metavar="ADDR",
-                        help="--via dns: where to send the query (default: HOST, the spa server itself); "
-                             "'system' for this machine's resolver")
+                        help="--via dns: where to send the query: the spa server itself (then --ip is "
+                             "optional) or a resolver (default: this machine's resolver; needs --ip)")
     parser.add_argument("--nslookup", action="store_true",
                         help="--via dns: run the system's nslookup instead of sending the query itself")
     parser.add_argument("--print", action="store_true", dest="print_only",
@@ -813,11 +851,17 @@ def knock_udp(key: Key, host: str, options: argparse.Namespace, when: int, ip: O
 
 def knock_dns(key: Key, host: str, options: argparse.Namespace, when: int, ip: Optional[Address],
               request: Request) -> int:
+    """A DNS query for one token label under the key's zone.
+
+    With --dns-server naming the spa server, the server sees this machine's
+    address: a compact token bound to it (or an extended one with --ip).
+    Through a resolver (the default, or another --dns-server) the server sees
+    the resolver's address, so the token must name the address: --ip.
+    """
     if not key.zone:
         raise KnockError("{}: the key file names no DNS zone (zone = ...): ask the server's admin "
                          "for it, or knock with --via udp".format(key.path))
-    system = (options.dns_server or "").lower() == "system"
-    target = host if options.dns_server is None else options.dns_server
+    target = options.dns_server  # None: this machine's resolver
     resolved = []  # type: List[Tuple[int, tuple]]
 
     def where() -> Tuple[int, tuple]:  # resolved once, and only if needed
@@ -825,26 +869,25 @@ def knock_dns(key: Key, host: str, options: argparse.Namespace, when: int, ip: O
             resolved.append(resolve(target, DNS_PORT, options.family or 0))
         return resolved[0]
 
-    if system:
-        direct = False
-    elif options.dns_server is None or options.dns_server.strip("[]") == host.strip("[]"):
-        direct = True
-    else:
-        direct = ipaddress.ip_address(where()[1][0].split("%")[0]) in addresses_of(host)
+    def direct() -> bool:  # is the query going straight to the spa server?
+        if target is None:
+            return False
+        return target.strip("[]") == host.strip("[]") or bool(addresses_of(target) & addresses_of(host))
+
     index = key.index(request)
-    if ip is not None:
+    if ip is not None:  # names the address: works straight or through any resolver
         token = seal_extended(key.obfuscation_key, key.mac_key, key.key_id, when, index, ip)
-    elif not direct:
+    elif not direct():
         raise KnockError("through a resolver the spa server sees the resolver's address, not yours: "
-                         "name the address to open with --ip ADDRESS (or query the spa server "
-                         "directly by leaving out --dns-server)")
+                         "name the address to open with --ip (your public address), or ask the spa "
+                         "server directly with --dns-server {}".format(host))
     elif options.unbound:
         token = seal_compact(key.obfuscation_key, key.mac_key, key.key_id, when, index, None)
     else:
         token = seal_compact(key.obfuscation_key, key.mac_key, key.key_id, when, index,
                              source_address(*where()))
     name = dns_name(token, key.zone)
-    command = ["nslookup", name] + ([] if system else [target])
+    command = ["nslookup", name] + ([] if target is None else [target])
     if options.print_only:
         _say(" ".join(command) if _windows() else shlex.join(command))
         return 0
@@ -862,16 +905,22 @@ def knock_dns(key: Key, host: str, options: argparse.Namespace, when: int, ip: O
             raise KnockError("nslookup reached no DNS server: the knock may not have arrived")
         _say("queried {} with nslookup".format(name))
         return 0
-    if system:
-        ask_system_resolver(name)
-        _say("looked up {} through this machine's resolver".format(name))
-        return 0
-    family, sockaddr = where()
+    if target is not None:
+        family, sockaddr = where()
+        how = "at {}".format(sockaddr[0])
+    else:
+        resolver = system_resolver()
+        if resolver is None:  # Windows, or no resolv.conf: let the OS ask its resolver
+            ask_system_resolver(name)
+            _say("looked up {} through this machine's resolver".format(name))
+            return 0
+        family, sockaddr = resolve(resolver, DNS_PORT)
+        how = "through the resolver {}".format(sockaddr[0])
     rcode = ask_dns(family, sockaddr, name)
     if rcode is None:
         raise KnockError("no answer from {} after {} tries: the knock may not have arrived".format(
             sockaddr[0], DNS_TRIES))
-    _say("queried {} at {} (answer: {})".format(name, sockaddr[0], RCODES.get(rcode, rcode)))
+    _say("queried {} {} (answer: {})".format(name, how, RCODES.get(rcode, rcode)))
     return 0
 
 

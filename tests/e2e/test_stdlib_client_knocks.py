@@ -107,7 +107,7 @@ def test_udp_datagram_over_ipv6(knocking: Knocking) -> None:
 def test_dns_query_straight_to_the_server(knocking: Knocking) -> None:
     k = knocking
     k.closed_before()
-    out = k.client("--via", "dns")
+    out = k.client("--via", "dns", "--dns-server", SERVER)
     assert out.startswith("queried ") and f"at {SERVER} (answer: NOERROR)" in out
     assert k.opens(), k.served.log()
     k.only_alice()
@@ -117,7 +117,7 @@ def test_dns_query_straight_to_the_server(knocking: Knocking) -> None:
 def test_dns_by_the_system_nslookup(knocking: Knocking) -> None:
     k = knocking
     k.closed_before()
-    out = k.client("--via", "dns", "--nslookup")
+    out = k.client("--via", "dns", "--dns-server", SERVER, "--nslookup")
     assert "queried " in out and "with nslookup" in out
     assert k.opens(), k.served.log()
     k.only_alice()
@@ -127,7 +127,7 @@ def test_extended_token_names_alice_from_elsewhere(knocking: Knocking) -> None:
     k = knocking
     k.closed_before()
     # Bob's machine stands in for a resolver: the query's source is not the address to open.
-    k.client("--via", "dns", "--ip", "10.77.1.2", "10.77.2.1", host=k.world.bob)
+    k.client("--via", "dns", "--dns-server", "10.77.2.1", "--ip", "10.77.1.2", host=k.world.bob)
     assert k.opens(), k.served.log()
     k.only_alice()
     assert "accepted alice via dns from 10.77.2.2: 10.77.1.2 tcp/22" in k.served.log()
@@ -148,7 +148,7 @@ def test_stale_knocks_open_nothing(knocking: Knocking) -> None:
     k = knocking
     stale = str(int(time.time()) - 600)
     k.client("--at", stale)
-    k.client("--at", stale, "--via", "dns")
+    k.client("--at", stale, "--via", "dns", "--dns-server", SERVER)
     assert wait_until(lambda: k.served.log().count("outside time window") >= 2, 3), k.served.log()
     time.sleep(0.3)
     assert k.probe() == "dropped"

@@ -304,7 +304,7 @@ def test_runs_on_python_3_8(tmp_path: Path) -> None:
     result = cli("--key", str(key), "--via", "dns", "--ip", case["address"], "--at", str(NOW), "--print",
                  home=tmp_path, python=python)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"nslookup {case['dns_label']}.knock.example.com. 192.0.2.1\n"
+    assert result.stdout == f"nslookup {case['dns_label']}.knock.example.com.\n"
     result = cli("--key", str(key), "--ip", "203.0.113.9", "--print", home=tmp_path, python=python)
     assert result.returncode == 0, result.stderr
     assert opened(bytes.fromhex(result.stdout.strip()), ipaddress.ip_address("192.0.2.53")).address == ip("203.0.113.9")
@@ -361,25 +361,28 @@ def test_ping_on_windows_and_macos(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_print_dns_forms(tmp_path: Path) -> None:
     key = str(write_key(tmp_path))
+    # Through this machine's resolver (the default): an extended token, no server on the command line.
     for case in VECTORS["extended"]:
         result = cli("--key", key, "--via", "dns", "--ip", case["address"], "--at", str(NOW), "--print", home=tmp_path)
         assert result.returncode == 0, result.stderr
-        assert result.stdout == f"nslookup {case['dns_label']}.knock.example.com. 192.0.2.1\n"
-    # Through this machine's resolver: no server on the command line.
+        assert result.stdout == f"nslookup {case['dns_label']}.knock.example.com.\n"
+    # Through a named resolver, or straight to the server, with --ip: the same token (and
+    # printing it needs no name lookup: the .invalid name would not resolve).
     case = VECTORS["extended"][0]
-    result = cli("--key", key, "--via", "dns", "--dns-server", "system", "--ip", case["address"],
+    result = cli("--key", key, "--via", "dns", "--dns-server", "resolver.invalid", "--ip", case["address"],
                  "--at", str(NOW), "--print", home=tmp_path)
-    assert result.stdout == f"nslookup {case['dns_label']}.knock.example.com.\n"
+    assert result.stdout == f"nslookup {case['dns_label']}.knock.example.com. resolver.invalid\n"
     # Straight to the spa server, no --ip: a compact token bound to the local source address.
-    result = cli("--key", key, "--via", "dns", "--at", str(NOW), "--print", "127.0.0.1", home=tmp_path)
+    result = cli("--key", key, "--via", "dns", "--dns-server", "127.0.0.1", "--at", str(NOW), "--print", "127.0.0.1",
+                 home=tmp_path)
     assert result.returncode == 0, result.stderr
     mac_key = bytes.fromhex(KEYS["mac_key"])
     token = compact.seal_compact(compact.Obfuscator(O), mac_key, KEYS["key_id"], NOW, 0, ip("127.0.0.1"))
     assert result.stdout == f"nslookup {encoding.to_label(token)}.knock.example.com. 127.0.0.1\n"
-    # --dns-server naming the spa server itself is still direct.
-    again = cli("--key", key, "--via", "dns", "--at", str(NOW), "--print", "--dns-server", "127.0.0.1", "127.0.0.1",
+    # --dns-server naming the spa server by another name of the same address is direct too.
+    again = cli("--key", key, "--via", "dns", "--at", str(NOW), "--print", "-4", "--dns-server", "localhost", "127.0.0.1",
                 home=tmp_path)
-    assert again.stdout == result.stdout
+    assert again.stdout == result.stdout.replace(" 127.0.0.1\n", " localhost\n")
 
 
 def test_print_udp_datagram(tmp_path: Path) -> None:
@@ -420,7 +423,8 @@ def test_help_has_examples(tmp_path: Path) -> None:
     (["--key", "K", "--at", "soon"], "argument --at: invalid int value"),
     (["--key", "K", "--at=-5", "--ip", "198.51.100.7", "--print"], "time must be a Unix time"),
     (["--key", "K", "--at=4294967296", "--ip", "198.51.100.7", "--print"], "time must be a Unix time"),
-    (["--key", "K", "--via", "dns", "--dns-server", "system"], "name the address to open with --ip"),
+    (["--key", "K", "--via", "dns"], "name the address to open with --ip"),
+    (["--key", "K", "--via", "dns", "--unbound"], "name the address to open with --ip"),
     (["--key", "K", "--via", "dns", "--dns-server", "127.0.0.2", "127.0.0.1"], "name the address to open with --ip"),
 ])
 def test_errors_are_one_line(tmp_path: Path, argv: list[str], expected: str) -> None:
@@ -573,7 +577,8 @@ def test_dns_knock_without_an_answer_says_so(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(knock, "DNS_PORT", server.sock.getsockname()[1])
     monkeypatch.setattr(knock, "DNS_TIMEOUT", 0.2)
     try:
-        assert knock.main(["--key", str(write_key(tmp_path)), "--via", "dns", "127.0.0.1"]) == 1
+        assert knock.main(["--key", str(write_key(tmp_path)), "--via", "dns", "--dns-server", "127.0.0.1",
+                           "127.0.0.1"]) == 1
     finally:
         server.close()
     assert "no answer from 127.0.0.1 after 3 tries" in capsys.readouterr().err
@@ -587,27 +592,57 @@ def test_dns_knock_reports_the_answer(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(knock, "DNS_PORT", server.sock.getsockname()[1])
     try:
         assert knock.main(["--key", str(write_key(tmp_path)), "--via", "dns", "--ip", "198.51.100.7",
-                           "--at", str(NOW), "127.0.0.1"]) == 0
+                           "--dns-server", "127.0.0.1", "--at", str(NOW), "127.0.0.1"]) == 0
     finally:
         server.close()
     case = VECTORS["extended"][0]
     assert capsys.readouterr().out == f"queried {case['dns_label']}.knock.example.com. at 127.0.0.1 (answer: NOERROR)\n"
 
 
-def test_dns_through_the_system_resolver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_dns_through_the_resolver_of_resolv_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    server = FakeDNS(answer=True)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("# generated\nsearch example.org\nnameserver bogus\nnameserver 127.0.0.1\nnameserver 192.0.2.9\n")
+    monkeypatch.setattr(knock, "RESOLV_CONF", str(resolv))
+    monkeypatch.setattr(knock, "DNS_PORT", server.sock.getsockname()[1])
+    try:
+        assert knock.main(["--key", str(write_key(tmp_path)), "--via", "dns", "--ip", "198.51.100.7",
+                           "--at", str(NOW)]) == 0
+    finally:
+        server.close()
+    name = f"{VECTORS['extended'][0]['dns_label']}.knock.example.com."
+    assert capsys.readouterr().out == f"queried {name} through the resolver 127.0.0.1 (answer: NOERROR)\n"
+    assert str(DNSRecord.parse(server.queries[0]).questions[0].qname) == name
+
+
+def test_dns_through_the_operating_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """No resolv.conf (Windows): the OS resolver is asked with getaddrinfo."""
     asked: list[str] = []
 
     def getaddrinfo(name: str, *args: Any) -> Any:
         asked.append(name)
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")  # what NODATA looks like
 
+    monkeypatch.setattr(knock, "RESOLV_CONF", str(tmp_path / "missing"))
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    assert knock.main(["--key", str(write_key(tmp_path)), "--via", "dns", "--dns-server", "system",
-                       "--ip", "198.51.100.7", "--at", str(NOW)]) == 0
+    assert knock.main(["--key", str(write_key(tmp_path)), "--via", "dns", "--ip", "198.51.100.7",
+                       "--at", str(NOW)]) == 0
     name = f"{VECTORS['extended'][0]['dns_label']}.knock.example.com."
     assert asked == [name]
     assert capsys.readouterr().out == f"looked up {name} through this machine's resolver\n"
+
+
+def test_key_directory_on_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    appdata = tmp_path / "AppData" / "Roaming"
+    (appdata / "spa").mkdir(parents=True)
+    key = write_key(appdata / "spa")
+    monkeypatch.setattr(knock, "_windows", lambda: True)
+    assert knock.find_key(None, {"APPDATA": str(appdata)}, str(tmp_path)) == str(key)
+    monkeypatch.setattr(knock, "_windows", lambda: False)
+    with pytest.raises(knock.KnockError, match="no key file"):
+        knock.find_key(None, {"APPDATA": str(appdata)}, str(tmp_path))
 
 
 def test_nslookup_missing_is_one_line(tmp_path: Path) -> None:
