@@ -126,8 +126,36 @@ def test_dns_by_the_system_nslookup(knocking: Knocking) -> None:
 def test_extended_token_names_alice_from_elsewhere(knocking: Knocking) -> None:
     k = knocking
     k.closed_before()
-    # Bob's machine stands in for a resolver: the query's source is not the address to open.
+    # --dns-server other than HOST is a resolver: the query's source is not the address to open.
     k.client("--via", "dns", "--dns-server", "10.77.2.1", "--ip", "10.77.1.2", host=k.world.bob)
+    assert k.opens(), k.served.log()
+    k.only_alice()
+    assert "accepted alice via dns from 10.77.2.2: 10.77.1.2 tcp/22" in k.served.log()
+
+
+def test_dns_through_the_resolver_of_resolv_conf(knocking: Knocking) -> None:
+    """The default: ask the first nameserver of /etc/resolv.conf. In bob's
+    namespace that is the server itself, standing in for a recursive resolver:
+    the query comes from bob, the extended token names alice."""
+    k = knocking
+    k.closed_before()
+    # ip netns exec bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
+    netns_etc = Path("/etc/netns")
+    made_netns_etc = not netns_etc.exists()
+    config = netns_etc / k.world.bob.netns
+    config.mkdir(parents=True)
+    try:
+        (config / "resolv.conf").write_text("nameserver 10.77.2.1\n")
+        out = k.client("--via", "dns", "--ip", "10.77.1.2", host=k.world.bob)
+    finally:
+        (config / "resolv.conf").unlink(missing_ok=True)
+        config.rmdir()
+        if made_netns_etc:
+            try:
+                netns_etc.rmdir()
+            except OSError:
+                pass  # someone else's namespace config appeared meanwhile: not ours to remove
+    assert "through the resolver 10.77.2.1 (answer: NOERROR)" in out
     assert k.opens(), k.served.log()
     k.only_alice()
     assert "accepted alice via dns from 10.77.2.2: 10.77.1.2 tcp/22" in k.served.log()
