@@ -25,8 +25,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from spa.core.events import PROTOCOLS, Carrier, Form, IPAddress, Knock, Request, SequenceHit, StaticHit
-from spa.core.sequence import SequenceRule, StaticSequence
+from spa.core.events import Carrier, Form, IPAddress, Knock, Request, SequenceHit, StaticHit
+from spa.core.sequence import StaticSequence
 
 
 class Hit(NamedTuple):

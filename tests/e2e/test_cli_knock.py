@@ -6,31 +6,23 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from world import World, need_netns
 from world.daemon import Served, make_served, remove
+from world.knocking import SERVER, prepare
 
 pytestmark = pytest.mark.netns
 
-SERVER = "10.77.1.1"
-
 
 @pytest.fixture
-def served(request: pytest.FixtureRequest) -> Iterator[tuple[World, Served]]:
+def served(request: pytest.FixtureRequest) -> tuple[World, Served]:
     need_netns("nft", "ping", libraries=("nftables",))
-    world = World()
-    request.addfinalizer(world.close)
-    world.build()
-    world.echo_server(22, 2222)
-    served = make_served(world)
-    request.addfinalizer(lambda: remove(served))
-    served.keygen("alice")
-    served.start()
-    yield world, served
+    knocking = prepare(request)
+    knocking.served.start()
+    return knocking.world, knocking.served
 
 
 def spa_in_alice(world: World, served: Served, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,6 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyotp
@@ -22,58 +21,27 @@ import tomllib
 
 from spa.client import tokens
 from spa.core import otp
-from spa.core.keys import ClientKey
 from spa.core.sequence import SequenceRule
 from spa.daemon import privdrop
-from world import World, need_netns
-from world.daemon import ZONE, Served, make_served, remove
-from world.netns import Agent, wait_until
+from world import need_netns
+from world.daemon import ZONE
+from world.knocking import SERVER, Knocking, prepare
+from world.netns import wait_until
 
 pytestmark = pytest.mark.netns
 
-SERVER = "10.77.1.1"
 ALICE = ipaddress.ip_address("10.77.1.2")
 SEND_UDP = "import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))"
 
 
-class Knocking:
-    """A served world: spa serve with alice's key, and one agent per client."""
-
-    def __init__(self, world: World, served: Served, key: ClientKey) -> None:
-        self.world = world
-        self.served = served
-        self.key = key
-        self.alice: Agent = world.agent(world.alice)
-        self.bob: Agent = world.agent(world.bob)
-
-    def probe(self, agent: Agent | None = None, port: int = 22) -> str:
-        agent = agent or self.alice
-        host = self.world.alice if agent is self.alice else self.world.bob
-        return agent.probe(self.world.server_address(host), port)
-
-    def opens(self, port: int = 22, timeout: float = 3.0) -> bool:
-        return wait_until(lambda: self.probe(port=port) == "open", timeout, interval=0.05)
-
-    def alice_runs(self, *argv: str) -> str:
-        result = self.world.alice.run(list(argv), check=False, timeout=20)
-        return result.stdout + result.stderr
+STATICS = '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 5\nopen = ["tcp/22"]\n'
 
 
 @pytest.fixture
-def prepared(request: pytest.FixtureRequest) -> Iterator[Knocking]:
+def prepared(request: pytest.FixtureRequest) -> Knocking:
     """Configured (alice's key with TOTP, a fixed sequence), not yet serving."""
     need_netns("nft", "ping", "dig", "nslookup", "knock", libraries=("nftables",))
-    world = World()
-    request.addfinalizer(world.close)
-    world.build()
-    world.echo_server(22, 2222)
-    served = make_served(world)
-    request.addfinalizer(lambda: remove(served))
-    key = served.keygen("alice", "--totp")
-    served.config.write_text(served.config.read_text() + (
-        '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 5\nopen = ["tcp/22"]\n'
-    ))
-    yield Knocking(world, served, key)
+    return prepare(request, "--totp", statics=STATICS)
 
 
 @pytest.fixture
@@ -87,22 +55,13 @@ def totp_now(k: Knocking) -> str:
     return pyotp.TOTP(record["totp_secret"]).now()
 
 
-def _closed_before(k: Knocking) -> None:
-    assert k.probe() == "dropped", "the protected port answered before any knock"
-
-
-def _only_alice(k: Knocking) -> None:
-    assert k.probe(k.bob) == "dropped", "the grant leaked to another address"
-    assert k.probe(port=2222) == "dropped", "the grant leaked to another port"
-
-
 def test_ping_pattern_linux_layout(knocking: Knocking) -> None:
     k = knocking
-    _closed_before(k)
+    k.closed_before()
     token = tokens.compact_token(k.key, int(time.time()), ALICE)
     k.alice_runs("ping", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(token), SERVER)
     assert k.opens(), k.served.log()
-    _only_alice(k)
+    k.only_alice()
     assert "accepted alice via icmp: 10.77.1.2 tcp/22 for 3 s" in k.served.log()
 
 
@@ -118,7 +77,7 @@ def test_ping_pattern_ipv6(knocking: Knocking) -> None:
 
 def test_ping_pattern_freebsd_layout_crafted_with_scapy(knocking: Knocking) -> None:
     k = knocking
-    _closed_before(k)
+    k.closed_before()
     token = tokens.compact_token(k.key, int(time.time()), ALICE)
     # FreeBSD/macOS: an 8-byte timestamp, then the pattern from data[8] on.
     data = bytes(8) + (token * 4)[:48]
@@ -128,17 +87,17 @@ def test_ping_pattern_freebsd_layout_crafted_with_scapy(knocking: Knocking) -> N
     )
     k.alice_runs(sys.executable, "-c", script, data.hex())
     assert k.opens(), k.served.log()
-    _only_alice(k)
+    k.only_alice()
 
 
 def test_dns_compact_label_queried_directly_with_dig_and_nslookup(knocking: Knocking) -> None:
     k = knocking
-    _closed_before(k)
+    k.closed_before()
     name = tokens.dns_name(tokens.compact_token(k.key, int(time.time()), ALICE), ZONE)
     answer = k.alice_runs("dig", f"@{SERVER}", name, "+tries=1", "+time=2")
     assert "status: NOERROR" in answer and "flags: qr aa" in answer
     assert k.opens(), k.served.log()
-    _only_alice(k)
+    k.only_alice()
     # nslookup's A+AAAA pair and retries of a fresh token: one more grant, never a replay line.
     name = tokens.dns_name(tokens.compact_token(k.key, int(time.time()) + 1, ALICE), ZONE)
     k.alice_runs("nslookup", name, SERVER)
@@ -158,29 +117,29 @@ def test_dns_answers_over_tcp_and_at_the_apex(knocking: Knocking) -> None:
 
 def test_udp_datagram(knocking: Knocking) -> None:
     k = knocking
-    _closed_before(k)
+    k.closed_before()
     packet = tokens.spa_datagram(k.key, int(time.time()), source=ALICE)
     k.alice_runs(sys.executable, "-c", SEND_UDP, packet.hex(), SERVER, "62201")
     assert k.opens(), k.served.log()
-    _only_alice(k)
+    k.only_alice()
 
 
 def test_knock_client_fixed_sequence(knocking: Knocking) -> None:
     k = knocking
-    _closed_before(k)
+    k.closed_before()
     k.alice_runs("knock", "-d", "50", SERVER, "7000", "8000:udp", "9000")
     assert k.opens(), k.served.log()
-    _only_alice(k)
+    k.only_alice()
     assert "accepted sequence:office via sequence" in k.served.log()
 
 
 def test_knock_client_one_time_sequence(knocking: Knocking) -> None:
     k = knocking
-    _closed_before(k)
+    k.closed_before()
     ports = tokens.otp_sequence(k.key, time.time(), SequenceRule())
     k.alice_runs("knock", "-d", "50", SERVER, *map(str, ports))
     assert k.opens(), k.served.log()
-    _only_alice(k)
+    k.only_alice()
 
 
 def test_wrong_and_stale_tokens_open_nothing(knocking: Knocking) -> None:
@@ -307,10 +266,10 @@ def test_totp_code_by_dns_and_by_ping(knocking: Knocking) -> None:
 
 def test_ping_totp_pattern(knocking: Knocking) -> None:
     k = knocking
-    _closed_before(k)
+    k.closed_before()
     k.alice_runs("ping", "-c", "1", "-W", "1", "-p", otp.to_pattern(k.key.key_id, totp_now(k)), SERVER)
     assert k.opens(), k.served.log()
-    _only_alice(k)
+    k.only_alice()
 
 
 def test_silenced_echo_replies_still_hear_the_knock(prepared: Knocking) -> None:

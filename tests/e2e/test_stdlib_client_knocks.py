@@ -11,77 +11,41 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from world import World, need_netns
-from world.daemon import Served, make_served, remove
-from world.netns import Agent, Host, wait_until
+from world import need_netns
+from world.knocking import SERVER, Knocking, prepare, resolver
+from world.netns import Host, wait_until
 
 pytestmark = pytest.mark.netns
 
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "spa-knock.py"
-SERVER = "10.77.1.1"
+PYTHON = shutil.which("python3") or "python3"
 
 
-class Knocking:
-    """spa serve with alice's key; agents to probe from alice and bob."""
-
-    def __init__(self, world: World, served: Served, key_path: Path) -> None:
-        self.world = world
-        self.served = served
-        self.key_path = key_path
-        self.alice: Agent = world.agent(world.alice)
-        self.bob: Agent = world.agent(world.bob)
-        self.python = shutil.which("python3") or "python3"
-
-    def client(self, *argv: str, host: Host | None = None) -> str:
-        """Run spa-knock.py in ``host`` (alice's namespace by default); its output."""
-        host = host or self.world.alice
-        result = host.run([self.python, "-I", "-S", str(CLIENT), "--key", str(self.key_path), *argv],
-                          check=False, timeout=30)
-        assert "Traceback" not in result.stderr, result.stderr
-        assert result.returncode == 0, f"spa-knock.py {' '.join(argv)}: {result.stderr.strip()}"
-        return result.stdout
-
-    def probe(self, agent: Agent | None = None, port: int = 22) -> str:
-        agent = agent or self.alice
-        host = self.world.alice if agent is self.alice else self.world.bob
-        return agent.probe(self.world.server_address(host), port)
-
-    def opens(self, port: int = 22, timeout: float = 3.0) -> bool:
-        return wait_until(lambda: self.probe(port=port) == "open", timeout, interval=0.05)
-
-    def closed_before(self) -> None:
-        assert self.probe() == "dropped", "the protected port answered before any knock"
-        assert self.probe(port=2222) == "dropped"
-
-    def only_alice(self, other_port_closed: bool = True) -> None:
-        assert self.probe(self.bob) == "dropped", "the grant leaked to another address"
-        if other_port_closed:
-            assert self.probe(port=2222) == "dropped", "the grant leaked to another port"
+def client(k: Knocking, *argv: str, host: Host | None = None) -> str:
+    """Run spa-knock.py in ``host`` (alice's namespace by default) with no site-packages; its output."""
+    host = host or k.world.alice
+    result = host.run([PYTHON, "-I", "-S", str(CLIENT), "--key", str(k.key_path), *argv], check=False, timeout=30)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, f"spa-knock.py {' '.join(argv)}: {result.stderr.strip()}"
+    return result.stdout
 
 
 @pytest.fixture
-def knocking(request: pytest.FixtureRequest) -> Iterator[Knocking]:
+def knocking(request: pytest.FixtureRequest) -> Knocking:
     need_netns("nft", "python3", "nslookup", "ping", libraries=("nftables",))
-    world = World()
-    request.addfinalizer(world.close)
-    world.build()
-    world.echo_server(22, 2222)
-    served = make_served(world)
-    request.addfinalizer(lambda: remove(served))
-    served.keygen("alice", "--open", "tcp/22,tcp/2222")
-    served.start()
-    yield Knocking(world, served, served.directory / "alice.spakey")
+    k = prepare(request, "--open", "tcp/22,tcp/2222")
+    k.served.start()
+    return k
 
 
 def test_udp_datagram_opens_for_alice_only(knocking: Knocking) -> None:
     k = knocking
     k.closed_before()
-    out = k.client()  # HOST, port and address all from the key file and the route
+    out = client(k, )  # HOST, port and address all from the key file and the route
     assert f"to {SERVER} port 62201 (from 10.77.1.2)" in out
     assert k.opens(), k.served.log()
     k.only_alice()
@@ -91,7 +55,7 @@ def test_udp_datagram_opens_for_alice_only(knocking: Knocking) -> None:
 def test_udp_datagram_opens_two_ports(knocking: Knocking) -> None:
     k = knocking
     k.closed_before()
-    k.client("--open", "tcp/22,tcp/2222")
+    client(k, "--open", "tcp/22,tcp/2222")
     assert k.opens(22) and k.opens(2222), k.served.log()
     k.only_alice(other_port_closed=False)
 
@@ -99,7 +63,7 @@ def test_udp_datagram_opens_two_ports(knocking: Knocking) -> None:
 def test_udp_datagram_over_ipv6(knocking: Knocking) -> None:
     k = knocking
     assert k.alice.probe("fd77:1::1", 22) == "dropped"
-    k.client("fd77:1::1")
+    client(k, "fd77:1::1")
     assert wait_until(lambda: k.alice.probe("fd77:1::1", 22) == "open", 3, 0.05), k.served.log()
     assert k.probe() == "dropped", "an IPv6 knock opened IPv4"
 
@@ -107,7 +71,7 @@ def test_udp_datagram_over_ipv6(knocking: Knocking) -> None:
 def test_dns_query_straight_to_the_server(knocking: Knocking) -> None:
     k = knocking
     k.closed_before()
-    out = k.client("--via", "dns", "--dns-server", SERVER)
+    out = client(k, "--via", "dns", "--dns-server", SERVER)
     assert out.startswith("queried ") and f"at {SERVER} (answer: NOERROR)" in out
     assert k.opens(), k.served.log()
     k.only_alice()
@@ -117,7 +81,7 @@ def test_dns_query_straight_to_the_server(knocking: Knocking) -> None:
 def test_dns_by_the_system_nslookup(knocking: Knocking) -> None:
     k = knocking
     k.closed_before()
-    out = k.client("--via", "dns", "--dns-server", SERVER, "--nslookup")
+    out = client(k, "--via", "dns", "--dns-server", SERVER, "--nslookup")
     assert "queried " in out and "with nslookup" in out
     assert k.opens(), k.served.log()
     k.only_alice()
@@ -127,7 +91,7 @@ def test_extended_token_names_alice_from_elsewhere(knocking: Knocking) -> None:
     k = knocking
     k.closed_before()
     # --dns-server other than HOST is a resolver: the query's source is not the address to open.
-    k.client("--via", "dns", "--dns-server", "10.77.2.1", "--ip", "10.77.1.2", host=k.world.bob)
+    client(k, "--via", "dns", "--dns-server", "10.77.2.1", "--ip", "10.77.1.2", host=k.world.bob)
     assert k.opens(), k.served.log()
     k.only_alice()
     assert "accepted alice via dns from 10.77.2.2: 10.77.1.2 tcp/22" in k.served.log()
@@ -139,22 +103,8 @@ def test_dns_through_the_resolver_of_resolv_conf(knocking: Knocking) -> None:
     the query comes from bob, the extended token names alice."""
     k = knocking
     k.closed_before()
-    # ip netns exec bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
-    netns_etc = Path("/etc/netns")
-    made_netns_etc = not netns_etc.exists()
-    config = netns_etc / k.world.bob.netns
-    config.mkdir(parents=True)
-    try:
-        (config / "resolv.conf").write_text("nameserver 10.77.2.1\n")
-        out = k.client("--via", "dns", "--ip", "10.77.1.2", host=k.world.bob)
-    finally:
-        (config / "resolv.conf").unlink(missing_ok=True)
-        config.rmdir()
-        if made_netns_etc:
-            try:
-                netns_etc.rmdir()
-            except OSError:
-                pass  # someone else's namespace config appeared meanwhile: not ours to remove
+    with resolver(k.world.bob, "10.77.2.1"):
+        out = client(k, "--via", "dns", "--ip", "10.77.1.2", host=k.world.bob)
     assert "through the resolver 10.77.2.1 (answer: NOERROR)" in out
     assert k.opens(), k.served.log()
     k.only_alice()
@@ -164,7 +114,7 @@ def test_dns_through_the_resolver_of_resolv_conf(knocking: Knocking) -> None:
 def test_printed_ping_command_opens(knocking: Knocking) -> None:
     k = knocking
     k.closed_before()
-    command = k.client("--via", "icmp").split()
+    command = client(k, "--via", "icmp").split()
     assert command[:4] == ["ping", "-c", "2", "-p"] and command[5:] == [SERVER]
     k.world.alice.run(command, check=False, timeout=10)
     assert k.opens(), k.served.log()
@@ -175,8 +125,8 @@ def test_printed_ping_command_opens(knocking: Knocking) -> None:
 def test_stale_knocks_open_nothing(knocking: Knocking) -> None:
     k = knocking
     stale = str(int(time.time()) - 600)
-    k.client("--at", stale)
-    k.client("--at", stale, "--via", "dns", "--dns-server", SERVER)
+    client(k, "--at", stale)
+    client(k, "--at", stale, "--via", "dns", "--dns-server", SERVER)
     assert wait_until(lambda: k.served.log().count("outside time window") >= 2, 3), k.served.log()
     time.sleep(0.3)
     assert k.probe() == "dropped"

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-from pathlib import Path
 from typing import Any
 
 import pyotp

@@ -1,0 +1,97 @@
+"""A served world ready to knock: spa serve, alice's key, and agents to probe with.
+
+Shared by every e2e test that knocks a running ``spa serve`` (the spa CLI,
+the stock tools, the stdlib client, knock.sh), so each test file only adds
+how its own client is run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from spa.core.keys import ClientKey, load_client_key
+
+from .daemon import Served, make_served, remove
+from .netns import Agent, Host, World, wait_until
+
+SERVER = "10.77.1.1"
+
+
+class Knocking:
+    """spa serve with alice's key; one agent each in alice and bob to probe from."""
+
+    def __init__(self, world: World, served: Served, name: str = "alice") -> None:
+        self.world = world
+        self.served = served
+        self.key_path = served.directory / f"{name}.spakey"
+        self.alice: Agent = world.agent(world.alice)
+        self.bob: Agent = world.agent(world.bob)
+
+    @property
+    def key(self) -> ClientKey:
+        return load_client_key(self.key_path)
+
+    def probe(self, agent: Agent | None = None, port: int = 22) -> str:
+        """A fresh TCP connection from ``agent`` (alice by default) to the server."""
+        agent = agent or self.alice
+        host = self.world.alice if agent is self.alice else self.world.bob
+        return agent.probe(self.world.server_address(host), port)
+
+    def opens(self, port: int = 22, timeout: float = 3.0) -> bool:
+        return wait_until(lambda: self.probe(port=port) == "open", timeout, interval=0.05)
+
+    def closed_before(self) -> None:
+        assert self.probe() == "dropped", "the protected port answered before any knock"
+
+    def only_alice(self, other_port_closed: bool = True) -> None:
+        assert self.probe(self.bob) == "dropped", "the grant leaked to another address"
+        if other_port_closed:
+            assert self.probe(port=2222) == "dropped", "the grant leaked to another port"
+
+    def alice_runs(self, *argv: str) -> str:
+        """Run a command in alice's namespace; its stdout and stderr."""
+        result = self.world.alice.run(list(argv), check=False, timeout=30)
+        return result.stdout + result.stderr
+
+
+def prepare(request: pytest.FixtureRequest, *keygen: str, statics: str = "") -> Knocking:
+    """Build the world and configure spa (alice's key made with ``keygen`` options,
+    ``statics`` appended to spa.toml), not yet serving. Torn down by ``request``."""
+    world = World()
+    request.addfinalizer(world.close)
+    world.build()
+    world.echo_server(22, 2222)
+    served = make_served(world)
+    request.addfinalizer(lambda: remove(served))
+    served.keygen("alice", *keygen)
+    if statics:
+        served.config.write_text(served.config.read_text() + statics)
+    return Knocking(world, served)
+
+
+@contextmanager
+def resolver(host: Host, nameserver: str) -> Iterator[None]:
+    """Give ``host`` its own /etc/resolv.conf naming ``nameserver``.
+
+    ``ip netns exec NAME`` bind-mounts /etc/netns/NAME/resolv.conf over
+    /etc/resolv.conf; the file, and /etc/netns if we made it, go afterwards.
+    """
+    netns_etc = Path("/etc/netns")
+    made_netns_etc = not netns_etc.exists()
+    config = netns_etc / host.netns
+    config.mkdir(parents=True)
+    try:
+        (config / "resolv.conf").write_text(f"nameserver {nameserver}\noptions timeout:2 attempts:1\n")
+        yield
+    finally:
+        (config / "resolv.conf").unlink(missing_ok=True)
+        config.rmdir()
+        if made_netns_etc:
+            try:
+                netns_etc.rmdir()
+            except OSError:
+                pass  # someone else put something there meanwhile
