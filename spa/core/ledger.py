@@ -17,6 +17,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from spa.errors import SpaError
 
@@ -79,16 +80,29 @@ class FileLedger(Ledger):
     mostly dropped entries it is rewritten atomically.
     """
 
-    def __init__(self, path: Path, retention: int) -> None:
+    def __init__(self, path: Path, retention: int, directory: int | None = None) -> None:
+        """``directory`` is an open descriptor of ``path``'s directory, if the
+        caller has one: every file operation is then relative to it, so a
+        process that dropped privilege needs no access to the directories
+        above (the daemon's worker opens it before dropping root)."""
         super().__init__(retention)
         self.path = path
         self._lines = 0
+        self._own_directory = directory is None
+        self._directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY) if directory is None else directory
+        self._file: TextIO | None = None
         self._load()
-        self._file = open(path, "a", encoding="ascii")  # noqa: SIM115 - lives as long as the ledger
+        self._file = self._open_append()
+
+    def _open_append(self) -> TextIO:
+        descriptor = os.open(self.path.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600, dir_fd=self._directory)
+        return os.fdopen(descriptor, "a", encoding="ascii")
 
     def _load(self) -> None:
         try:
-            text = self.path.read_text(encoding="ascii")
+            descriptor = os.open(self.path.name, os.O_RDONLY, dir_fd=self._directory)
+            with os.fdopen(descriptor, "r", encoding="ascii", newline="") as handle:
+                text = handle.read()
         except FileNotFoundError:
             return
         except (OSError, UnicodeDecodeError) as problem:
@@ -118,6 +132,7 @@ class FileLedger(Ledger):
         self._entries[bytes.fromhex(token)] = Entry(ipaddress.ip_address(address), float(accepted), int(time))
 
     def _append(self, line: str) -> None:
+        assert self._file is not None
         self._file.write(line + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -138,23 +153,24 @@ class FileLedger(Ledger):
             self._rewrite()
 
     def _rewrite(self) -> None:
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        with open(temporary, "w", encoding="ascii") as handle:
+        temporary = self.path.name + ".tmp"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=self._directory)
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
             handle.write(f"floor {self.floor}\n")
             for token, entry in self._entries.items():
                 handle.write(f"{token.hex()} {entry.address} {entry.time} {entry.accepted:.3f}\n")
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        os.replace(temporary, self.path.name, src_dir_fd=self._directory, dst_dir_fd=self._directory)
+        os.fsync(self._directory)
         self._lines = len(self._entries) + 1
-        if getattr(self, "_file", None) is not None:
+        if self._file is not None:
             self._file.close()
-            self._file = open(self.path, "a", encoding="ascii")  # noqa: SIM115
+            self._file = self._open_append()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._own_directory:
+            os.close(self._directory)

@@ -368,7 +368,10 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
         signal.signal(number, signal.SIG_DFL)
     privdrop.die_with_parent()
     assert listeners is not None
-    keep = {0, 1, 2, pipe, *(s.fileno() for s in listeners.dns_udp + listeners.dns_tcp)}
+    # The state directory is opened here, as root: the ledger then works
+    # relative to it, and the worker needs no access to the directories above.
+    state = os.open(config.state_dir, os.O_RDONLY | os.O_DIRECTORY)
+    keep = {0, 1, 2, pipe, state, *(s.fileno() for s in listeners.dns_udp + listeners.dns_tcp)}
     if listeners.capture is not None:
         keep |= {s.fileno() for s in listeners.capture.sockets()}
     _close_other_fds(keep)  # the firewall's netlink socket above all
@@ -376,13 +379,10 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
     if account is not None:
         privdrop.drop(account)
     try:
-        ledger = FileLedger(config.state_dir / LEDGER, ledger_retention(config))
+        ledger = FileLedger(config.state_dir / LEDGER, ledger_retention(config), directory=state)
     except PermissionError as problem:
         user = account.name if account else "this user"
-        raise SpaError(
-            f"{problem.filename}: not writable by {user} (the state directory and every directory "
-            "above it must be searchable by that user)"
-        ) from None
+        raise SpaError(f"{config.state_dir}: replay state not writable by {user}: {problem.strerror}") from None
     worker = Worker(config, keyring, ledger, pipe_emitter(pipe))
     try:
         return serve(worker, listeners, pipe)
