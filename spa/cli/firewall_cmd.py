@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "install", help="close the protected ports (guard) and prepare grants",
         description="Install the guard and grant structures in the running kernel, or "
         "with --output write the guard as an nft script to load at boot.",
+        epilog="examples:\n  spa firewall install --config /etc/spa/spa.toml\n"
+        "  spa firewall install --config /etc/spa/spa.toml --output /etc/spa/guard.nft",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _settings_options(install)
     install.add_argument(
@@ -47,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     uninstall = verbs.add_parser(
         "uninstall", help="remove spa's tables, chains and sets (nothing else)",
+        epilog="example:\n  spa firewall uninstall --config /etc/spa/spa.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _settings_options(uninstall)
     uninstall.set_defaults(func=_uninstall)
