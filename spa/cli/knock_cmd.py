@@ -43,10 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  spa token --key alice.spakey --via icmp --ip 198.51.100.7 --command\n"
-        "  spa token --via dns --ip 198.51.100.7      # for nslookup on a phone",
+        "  spa token --via dns --ip 198.51.100.7      # for nslookup on a phone\n"
+        "  spa token --via sequence --command         # knock HOST p1 p2 p3, valid for this 30 s step",
     )
     token.add_argument("--key", metavar="FILE", help="client key file (default: $SPA_KEY, then ~/.config/spa/)")
-    token.add_argument("--via", choices=("icmp", "dns"), default="dns")
+    token.add_argument("--via", choices=("icmp", "dns", "sequence"), default="dns")
     token.add_argument("--open", metavar="PROTO/PORT", help="which of the key's ports (default: its default_open)")
     token.add_argument("--ip", metavar="ADDRESS", help="the address to open: the other device's public address")
     token.add_argument("--at", type=int, metavar="UNIXTIME", help="the token's time (default: now; the server allows ±60 s)")
@@ -158,6 +159,10 @@ def run_token(args: argparse.Namespace) -> int:
     key = keyfile.load(args.key)
     request = _request(key, args.open)
     now = args.at if args.at is not None else int(time.time())
+    if args.via == "sequence":  # bound to the source by nature: no address in it
+        ports = " ".join(map(str, tokens.otp_sequence(key, now, SequenceRule(), request)))
+        print(f"knock {key.server} {ports}" if args.command else ports)
+        return 0
     if args.ip:
         address = _address(args.ip, [])
     else:

@@ -96,3 +96,12 @@ def test_spa_token_errors(key_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "--ip" in capsys.readouterr().err
     assert main(["token", "--key", str(key_path.with_name("missing.spakey")), "--ip", "192.0.2.1"]) == 1
     assert "missing.spakey" in capsys.readouterr().err
+
+
+def test_spa_token_sequence_is_the_knock_command(key_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from spa.core.sequence import SequenceRule
+
+    key = load_client_key(key_path)
+    assert main(["token", "--key", str(key_path), "--via", "sequence", "--at", "1760000000", "--command"]) == 0
+    ports = tokens.otp_sequence(key, 1760000000, SequenceRule())
+    assert capsys.readouterr().out.strip() == f"knock {key.server} {' '.join(map(str, ports))}"
