@@ -8,7 +8,9 @@ Layout (names carry the test run's pid so parallel runs never collide)::
 Only private prefixes, only inside namespaces this module made. IPv6
 addresses are added ``nodad`` so they are usable at once. Every process is
 started by us and killed by its pid; :meth:`World.close` undoes everything
-and is safe to call twice or after a partial build.
+and is safe to call twice or after a partial build. ``run`` and ``wait_until``
+come from spa.demo.netns; ``Host`` stays here (it names addresses toward the
+server by IP version, which the demo world's hosts do not need).
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ import selectors
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# One copy of the bounded primitives, shared with spa demo's world; re-exported
+# here because many tests import them from world.netns.
+from spa.demo.netns import run, wait_until
+
+__all__ = ["Agent", "AgentError", "Host", "World", "run", "wait_until"]
 
 HERE = Path(__file__).resolve().parent
 AGENT = HERE / "agent.py"
@@ -31,14 +38,6 @@ ECHO = HERE / "echo.py"
 REPO = HERE.parents[1]
 
 _serial = itertools.count()
-
-
-def run(argv: list[str], *, check: bool = True, timeout: float = 10) -> subprocess.CompletedProcess[str]:
-    """Run a command (no shell) and raise with its stderr if it fails."""
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
-    return result
 
 
 @dataclass(frozen=True)
@@ -203,14 +202,3 @@ class World:
         while self._made:
             name = self._made.pop()
             run(["ip", "netns", "del", name], check=False)
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds pass (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
