@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from spa import __version__
 from spa.errors import SpaError
 
-from . import check, firewall_cmd, keys_cmd, knock_cmd, serve
+from . import check, demo, firewall_cmd, keys_cmd, knock_cmd, serve
 
-VERB_MODULES = (check, keys_cmd, serve, knock_cmd, firewall_cmd)
+VERB_MODULES = (check, keys_cmd, serve, knock_cmd, firewall_cmd, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
