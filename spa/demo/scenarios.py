@@ -20,7 +20,7 @@ import pyotp
 
 from spa.core.keys import load_client_key
 
-from .internet import PUBLIC_C, PUBLIC_NAT, SERVER, ZONE, Internet
+from .internet import PUBLIC_C, PUBLIC_NAT, SERVER, ZONE, Internet, SshAccess
 from .netns import Host, wait_until
 from .served import Served, configure
 
@@ -49,7 +49,7 @@ class Stage:
 
     world: Internet
     served: Served
-    ssh_prefix: list[str]
+    access: SshAccess
 
     def spa(self, host: Host, *argv: str) -> str:
         """Run the spa CLI in ``host``'s namespace; its stdout."""
@@ -66,7 +66,7 @@ class Stage:
         return wait_until(lambda: self.world.probe(host, SSH_PORT, 0.1) != "open", timeout, interval=0.2)
 
     def ssh(self, host: Host, timeout: float = 15) -> bool:
-        result = self.world.run(host, [*self.ssh_prefix, "echo", "knocked-in"], timeout=timeout)
+        result = self.world.run(host, [*self.world.ssh_argv(self.access), "echo", "knocked-in"], timeout=timeout)
         return result.returncode == 0 and result.stdout.strip() == "knocked-in"
 
     def knock(self, carrier: str, host: Host, label: str, argv: list[str], shown: str | None = None) -> Result:
@@ -98,7 +98,7 @@ def stage(world: Internet) -> Stage:
     alice_store = served.directory / "keys" / "alice.toml"
     alice_store.write_text(alice_store.read_text() + "single_use = true\n")
     served.start()
-    return Stage(world, served, world.ssh_argv(access))
+    return Stage(world, served, access)
 
 
 def _totp(stage: Stage, name: str) -> str:

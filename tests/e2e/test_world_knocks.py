@@ -1,0 +1,104 @@
+"""Issue 6's scenarios in the miniature internet (spa.demo), with real ssh.
+
+One world per module (building it takes seconds); the tests run in file
+order and each waits until the previous grant has expired. Every knock is
+the one ``spa demo`` shows, so the demo and the suite cannot disagree.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spa.demo.internet import PUBLIC_NAT, SERVER, Internet
+from spa.demo.netns import wait_until
+from spa.demo.scenarios import SSH_PORT, Stage, format_table, scenarios, stage
+from world import need_netns
+
+pytestmark = pytest.mark.netns
+
+NAMES = ["dns_via_resolver", "ping", "udp", "fixed_sequence", "one_time_sequence", "totp_dns", "totp_ping",
+         "nat_single_use"]
+
+
+@pytest.fixture(scope="module")
+def staged() -> Iterator[Stage]:
+    need_netns("unbound", "sshd", "ssh", "ssh-keygen", "nft", "dig", "nslookup", "ping", "knock", "tcpdump",
+               libraries=("nftables",))
+    world = Internet()
+    try:
+        world.build()
+        ready = stage(world)
+        yield ready
+        ready.served.stop()
+        ready.served.remove()
+    finally:
+        world.close()
+
+
+def test_ssh_is_dropped_before_any_knock(staged: Stage) -> None:
+    started = time.monotonic()
+    result = staged.world.run(staged.world.c, [*staged.world.ssh_argv(staged.access, connect_timeout=2),
+                                               "echo", "in"], timeout=20)
+    assert result.returncode != 0 and time.monotonic() - started >= 1.5, "ssh got in (or was refused) without a knock"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_carrier_opens_and_ssh_runs_a_command(staged: Stage, name: str) -> None:
+    scenario = dict(zip(NAMES, scenarios(staged), strict=True))[name]
+    result = scenario()
+    assert result.opened and result.logged_in, format_table([result]) + staged.served.log()
+
+
+def test_normal_grant_behind_nat_lets_the_neighbour_in_too(staged: Stage) -> None:
+    """What docs/world.md says: a normal grant opens the NAT's public address,
+    so B can connect after A's knock. Single-use grants (alice) avoid that."""
+    w = staged.world
+    assert staged.closed(w.a) and staged.closed(w.b) and staged.closed(w.c)
+    staged.spa(w.b, "knock", "--key", staged.key("bob"), "--ip", PUBLIC_NAT, SERVER)
+    assert w.probe(w.a, SSH_PORT) == "open", "the NAT's other client could not use bob's grant"
+    assert w.probe(w.c, SSH_PORT) == "dropped"
+
+
+def test_a_captured_knock_replayed_from_another_host_opens_nothing(staged: Stage) -> None:
+    w = staged.world
+    capture = Path(staged.served.directory) / "knock.pcap"
+    tcpdump = w.popen(w.server, ["tcpdump", "-i", "any", "-U", "-w", str(capture), "udp", "port", "62201"])
+    assert wait_until(lambda: capture.exists() and capture.stat().st_size > 0, 5), "tcpdump did not start"
+    assert staged.closed(w.c)
+    staged.spa(w.c, "knock", "--key", staged.key("carol"), SERVER)  # carol's own knock: opens for C
+    assert wait_until(lambda: capture.stat().st_size > 100, 5)
+    w.spaces.kill(tcpdump)
+    assert staged.closed(w.c), "carol's grant did not expire"
+    # Mallory on A resends the captured datagram with scapy, from the NAT's address.
+    script = (
+        "import sys; from scapy.all import rdpcap, IP, UDP, Raw, send\n"
+        "payload = next(bytes(p[UDP].payload) for p in rdpcap(sys.argv[1]) if UDP in p)\n"
+        f"send(IP(dst='{SERVER}')/UDP(sport=40000, dport=62201)/Raw(payload), verbose=False)\n"
+    )
+    log_before = staged.served.log().count("accepted carol")
+    w.run(w.a, [sys.executable, "-c", script, str(capture)], timeout=30)
+    assert staged.served.wait_log("replayed token", 3) or staged.served.wait_log("bad authenticator", 1), \
+        staged.served.log()
+    assert w.probe(w.a, SSH_PORT) == "dropped" and w.probe(w.c, SSH_PORT) == "dropped"
+    assert staged.served.log().count("accepted carol") == log_before
+
+
+def test_closed_after_expiry_while_an_established_session_survives(staged: Stage) -> None:
+    w = staged.world
+    assert staged.closed(w.c)
+    staged.spa(w.c, "knock", "--key", staged.key("carol"), SERVER)  # a 3-second grant
+    session = subprocess.Popen(
+        w.c.exec_argv([*w.ssh_argv(staged.access), "sleep 6; echo survived"]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    w.adopt(session)
+    time.sleep(4.5)
+    assert w.probe(w.c, SSH_PORT) == "dropped", "the grant outlived its 3 seconds"
+    out, err = session.communicate(timeout=20)
+    assert session.returncode == 0 and out.strip() == "survived", err
