@@ -1,0 +1,36 @@
+"""``spa demo``, the README's first command: it succeeds, shows its table, and leaves nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from spa.demo.netns import NETNS_ETC, run
+from world import need_netns
+
+pytestmark = pytest.mark.netns
+
+
+def _namespaces() -> set[str]:
+    return set(run(["ip", "netns", "list"]).stdout.split())
+
+
+def test_spa_demo_knocks_by_every_carrier_and_cleans_up() -> None:
+    need_netns("unbound", "sshd", "ssh", "ssh-keygen", "nft", "dig", "nslookup", "ping", "knock",
+               libraries=("nftables",))
+    before = _namespaces()
+    etc_before = set(NETNS_ETC.iterdir()) if NETNS_ETC.exists() else set()
+    result = subprocess.run([sys.executable, "-m", "spa", "demo"], capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = result.stdout.split("knock->open", 1)[1]
+    for carrier in ("DNS via Unbound", "ICMP ping -p", "UDP SPA", "fixed sequence", "one-time sequence",
+                    "TOTP via DNS", "TOTP via ping", "UDP, single use, NAT"):
+        row = next(line for line in table.splitlines() if line.startswith(carrier))
+        assert "ssh ok" in row and " ms" in row, row
+    assert "nslookup " in table and "ping -c 1" in table and "knock -d" in table
+    # Compared as "nothing new": other runs on the machine may remove their own meanwhile.
+    assert not _namespaces() - before, "spa demo left namespaces behind"
+    assert not (set(NETNS_ETC.iterdir()) if NETNS_ETC.exists() else set()) - etc_before
