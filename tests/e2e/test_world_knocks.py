@@ -66,27 +66,27 @@ def test_normal_grant_behind_nat_lets_the_neighbour_in_too(staged: Stage) -> Non
 
 
 def test_a_captured_knock_replayed_from_another_host_opens_nothing(staged: Stage) -> None:
+    """C captures nothing itself: the capture is taken on the server (tcpdump),
+    as an on-path eavesdropper would. C then re-sends A's knock with scapy."""
     w = staged.world
     capture = Path(staged.served.directory) / "knock.pcap"
     tcpdump = w.popen(w.server, ["tcpdump", "-i", "any", "-U", "-w", str(capture), "udp", "port", "62201"])
     assert wait_until(lambda: capture.exists() and capture.stat().st_size > 0, 5), "tcpdump did not start"
-    assert staged.closed(w.c)
-    staged.spa(w.c, "knock", "--key", staged.key("carol"), SERVER)  # carol's own knock: opens for C
+    assert staged.closed(w.a) and staged.closed(w.c)
+    staged.spa(w.a, "knock", "--key", staged.key("bob"), "--ip", PUBLIC_NAT, SERVER)  # A's knock opens the NAT
     assert wait_until(lambda: capture.stat().st_size > 100, 5)
     w.spaces.kill(tcpdump)
-    assert staged.closed(w.c), "carol's grant did not expire"
-    # Mallory on A resends the captured datagram with scapy, from the NAT's address.
+    granted = staged.served.log().count("accepted")
     script = (
         "import sys; from scapy.all import rdpcap, IP, UDP, Raw, send\n"
         "payload = next(bytes(p[UDP].payload) for p in rdpcap(sys.argv[1]) if UDP in p)\n"
         f"send(IP(dst='{SERVER}')/UDP(sport=40000, dport=62201)/Raw(payload), verbose=False)\n"
     )
-    log_before = staged.served.log().count("accepted carol")
-    w.run(w.a, [sys.executable, "-c", script, str(capture)], timeout=30)
-    assert staged.served.wait_log("replayed token", 3) or staged.served.wait_log("bad authenticator", 1), \
-        staged.served.log()
-    assert w.probe(w.a, SSH_PORT) == "dropped" and w.probe(w.c, SSH_PORT) == "dropped"
-    assert staged.served.log().count("accepted carol") == log_before
+    for _ in range(2):  # at once (a repeat of A's knock), and once more
+        w.run(w.c, [sys.executable, "-c", script, str(capture)], timeout=30)
+    time.sleep(0.5)
+    assert w.probe(w.c, SSH_PORT) == "dropped", "a replayed knock opened the port for the replayer"
+    assert staged.served.log().count("accepted") == granted, "a replayed knock earned a second grant"
 
 
 def test_closed_after_expiry_while_an_established_session_survives(staged: Stage) -> None:
