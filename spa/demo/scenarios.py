@@ -87,7 +87,8 @@ def stage(world: Internet) -> Stage:
     world.start_resolver()
     world.start_echo(ECHO_PORT)
     access = world.start_sshd()
-    served = configure(lambda argv: world.server.exec_argv(argv), world.adopt, SERVER, ZONE)
+    # Inside the world's directory: closing the world (Ctrl-C included) removes it too.
+    served = configure(world.server.exec_argv, world.adopt, SERVER, ZONE, parent=world.directory)
     served.edit('mode = "serve"', f'mode = "serve"\nnameservers = ["ns1.{ZONE}"]\naddresses = ["{SERVER}"]')
     served.config.write_text(served.config.read_text() + STATICS)
     served.keygen("carol", "--totp")

@@ -111,9 +111,11 @@ class Served:
 
 
 def configure(exec_argv: Callable[[list[str]], list[str]], adopt: Callable[[subprocess.Popen[str]], None],
-              server: str, zone: str, protect: str = "tcp/22,tcp/2222", backend: str = "nftables") -> Served:
-    """``spa init`` a config in a fresh private directory: every carrier on, 3-second grants."""
-    served = Served(Path(tempfile.mkdtemp(prefix="spa-demo-")), exec_argv, adopt, server)
+              server: str, zone: str, protect: str = "tcp/22,tcp/2222", backend: str = "nftables",
+              parent: Path | None = None) -> Served:
+    """``spa init`` a config in a fresh private directory (inside ``parent`` if given, so
+    whoever removes that removes this too): every carrier on, 3-second grants."""
+    served = Served(Path(tempfile.mkdtemp(prefix="spa-demo-", dir=parent)), exec_argv, adopt, server)
     served.spa("init", "--dir", str(served.directory), "--protect", protect, "--zone", zone, "--backend", backend)
     served.edit("seconds = 30 ", "seconds = 3 ")
     return served

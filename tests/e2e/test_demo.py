@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import glob
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -34,3 +37,26 @@ def test_spa_demo_knocks_by_every_carrier_and_cleans_up() -> None:
     # Compared as "nothing new": other runs on the machine may remove their own meanwhile.
     assert not _namespaces() - before, "spa demo left namespaces behind"
     assert not (set(NETNS_ETC.iterdir()) if NETNS_ETC.exists() else set()) - etc_before
+
+
+def test_ctrl_c_during_the_demo_leaves_nothing() -> None:
+    need_netns("unbound", "sshd", "ssh", "ssh-keygen", "nft", "dig", "nslookup", "ping", "knock",
+               libraries=("nftables",))
+    before, dirs_before = _namespaces(), set(glob.glob("/tmp/spa-world-*"))
+    demo = subprocess.Popen([sys.executable, "-m", "spa", "demo"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert demo.stdout is not None
+        seen = ""
+        deadline = time.monotonic() + 60
+        while "DNS via Unbound" not in seen and time.monotonic() < deadline:  # mid-run: spa serving
+            seen += demo.stdout.readline()
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 130, seen
+    assert not _namespaces() - before, "Ctrl-C left namespaces behind"
+    assert not set(glob.glob("/tmp/spa-world-*")) - dirs_before, "Ctrl-C left the world's files behind"
