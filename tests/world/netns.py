@@ -22,6 +22,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ __all__ = ["Agent", "AgentError", "Host", "World", "run", "wait_until"]
 
 HERE = Path(__file__).resolve().parent
 AGENT = HERE / "agent.py"
-ECHO = HERE / "echo.py"
 REPO = HERE.parents[1]
 
 _serial = itertools.count()
@@ -174,13 +174,16 @@ class World:
         return Agent(host, self.popen(host, [sys.executable, str(AGENT)]))
 
     def echo_server(self, *ports: int) -> subprocess.Popen[str]:
-        """Start the echo service on the server and wait until it listens."""
-        process = self.popen(self.server, [sys.executable, str(ECHO), *map(str, ports)])
-        assert process.stdout is not None
+        """Start the echo service (spa.demo.echo) on the server and wait until it listens."""
+        process = self.popen(self.server, [sys.executable, "-m", "spa.demo.echo", *map(str, ports)])
+        stdout = process.stdout
+        assert stdout is not None
         with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            if not selector.select(10) or process.stdout.readline().strip() != "ready":
+            selector.register(stdout, selectors.EVENT_READ)
+            if not selector.select(10) or stdout.readline().strip() != "ready":
                 raise RuntimeError("echo server did not start")
+        # It then prints a line per connection: keep reading so the pipe never fills.
+        threading.Thread(target=_drain, args=(stdout,), daemon=True).start()
         return process
 
     def close(self) -> None:
@@ -202,3 +205,9 @@ class World:
         while self._made:
             name = self._made.pop()
             run(["ip", "netns", "del", name], check=False)
+
+
+def _drain(stream: Any) -> None:
+    """Read ``stream`` to its end, discarding it."""
+    for _ in stream:
+        pass
