@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from spa.core.events import Request
 from spa.errors import SpaError
-from spa.firewall import BACKENDS, FirewallSettings, LiveGrant, open_backend
+from spa.firewall import BACKENDS, Backend, FirewallSettings, LiveGrant, open_backend
 from spa.firewall.nft_render import guard_script
 
 
@@ -101,39 +105,40 @@ def settings_from_args(args: argparse.Namespace) -> FirewallSettings:
     return FirewallSettings(**values)  # type: ignore[arg-type]
 
 
+@contextmanager
+def _backend(settings: FirewallSettings) -> Iterator[Backend]:
+    """The backend for one command, closed (and, if owned, its grant table with it) after."""
+    backend = open_backend(settings)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
 def _install(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.output:
         write_atomically(Path(args.output), guard_script(settings))
         print(f"wrote the guard for {_ports(settings)} to {args.output}")
         return 0
-    backend = open_backend(settings)
-    try:
+    with _backend(settings) as backend:
         backend.install()
-    finally:
-        backend.close()
     print(f"guard installed ({settings.backend}): {_ports(settings)} closed except for grants")
     return 0
 
 
 def _uninstall(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    backend = open_backend(settings)
-    try:
+    with _backend(settings) as backend:
         backend.uninstall()
-    finally:
-        backend.close()
     print(f"removed spa's firewall objects ({settings.backend})")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    backend = open_backend(settings)
-    try:
+    with _backend(settings) as backend:
         grants = backend.live()
-    finally:
-        backend.close()
     sys.stdout.write(format_status(grants))
     if args.config:
         sys.stdout.write(format_counters(Path(args.config)))
@@ -142,10 +147,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def format_counters(config_path: Path) -> str:
     """The counters the running server last wrote to its state directory."""
-    import json
-    import time
-
-    from spa.core import config
+    from spa.core import config  # only when asked, as in settings_from_args
 
     path = config.load(config_path).state_dir / "status.json"
     try:
