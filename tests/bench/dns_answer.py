@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import os
 import random
 import struct
@@ -30,6 +29,8 @@ from dnslib import EDNS0, QTYPE, RR, SOA, DNSHeader, DNSQuestion, DNSRecord  # n
 
 from spa.carriers import dns  # noqa: E402
 from spa.core import encoding  # noqa: E402
+
+from figures import print_results  # noqa: E402 - a sibling module; the script's directory is on sys.path
 
 ZONE = dns.Zone.build("knock.example.com", addresses=(ipaddress.ip_address("192.0.2.53"),))
 
@@ -97,11 +98,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results = measure(args.seconds)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    for name, value in results.items():
-        print(f"{name:28} {value:>12,}" if isinstance(value, int) else f"{name:28} {value:>12}")
+    print_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from figures import print_results  # noqa: E402 - a sibling module; the script's directory is on sys.path
+
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))  # tests/, for the world package
 sys.path.insert(0, str(HERE.parents[2]))  # the checkout, for spa
@@ -212,11 +214,7 @@ def main() -> None:
         sender(host, int(port), int(count))
         return
     results = measure(args.count)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    for name, value in results.items():
-        print(f"{name:24} {value:>12,}" if isinstance(value, int) else f"{name:24} {value:>12}")
+    print_results(results, args.json)
 
 
 if __name__ == "__main__":
