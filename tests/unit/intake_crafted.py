@@ -23,6 +23,26 @@ from scapy.packet import Raw
 
 from spa.intake.packet import Packet
 
+A4, B4 = "192.0.2.7", "198.51.100.1"  # source and destination of hand-built packets
+A6, B6 = "2001:db8::7", "2001:db8::1"
+
+
+def v4(*layers: object, **fields: object) -> IP:
+    """An IPv4 packet from A4 to B4 carrying ``layers``."""
+    packet = IP(src=A4, dst=B4, **fields)
+    for layer in layers:
+        packet = packet / layer
+    return packet
+
+
+def v6(*layers: object) -> IPv6:
+    """An IPv6 packet from A6 to B6 carrying ``layers``."""
+    packet = IPv6(src=A6, dst=B6)
+    for layer in layers:
+        packet = packet / layer
+    return packet
+
+
 EXTENSIONS = {
     "hop-by-hop": IPv6ExtHdrHopByHop,
     "routing": IPv6ExtHdrRouting,

@@ -12,8 +12,8 @@ import ipaddress
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from intake_crafted import Crafted, crafted, icmp_header
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
+from intake_crafted import A4, A6, B4, B6, Crafted, crafted, icmp_header, v4, v6
+from scapy.layers.inet import ICMP, TCP, UDP, IPOption_NOP
 from scapy.layers.inet6 import (
     ICMPv6EchoReply,
     ICMPv6EchoRequest,
@@ -30,7 +30,6 @@ from spa.intake.bpf import MAX_INSTRUCTIONS, Instruction, PortRange, Wanted, com
 from spa.intake.packet import Packet, parse
 
 MASK = 0xFFFFFFFF
-A4, B4, A6, B6 = "192.0.2.7", "198.51.100.1", "2001:db8::7", "2001:db8::1"
 PING_DATA = bytes(range(48))
 KNOCK = Wanted(
     icmp_echo=True,
@@ -133,20 +132,6 @@ def passes(wanted: Wanted, packet: object) -> bool:
     verdict = run(compile_filter(wanted), data)
     assert verdict in (0, 2048)
     return verdict > 0
-
-
-def v4(*layers: object, **fields: object) -> IP:
-    packet = IP(src=A4, dst=B4, **fields)
-    for layer in layers:
-        packet = packet / layer
-    return packet
-
-
-def v6(*layers: object) -> IPv6:
-    packet = IPv6(src=A6, dst=B6)
-    for layer in layers:
-        packet = packet / layer
-    return packet
 
 
 # -- what passes and what does not ---------------------------------------------

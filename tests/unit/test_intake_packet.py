@@ -8,8 +8,8 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from intake_crafted import Crafted, crafted, icmp_header
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR
+from intake_crafted import A4, A6, B4, B6, Crafted, crafted, icmp_header, v4, v6
+from scapy.layers.inet import ICMP, TCP, UDP, IPOption_NOP, IPOption_RR
 from scapy.layers.inet6 import (
     ICMPv6EchoReply,
     ICMPv6EchoRequest,
@@ -23,24 +23,8 @@ from scapy.packet import Raw
 
 from spa.intake.packet import MAX_EXTENSION_HEADERS, Packet, parse
 
-A4, B4 = "192.0.2.7", "198.51.100.1"
-A6, B6 = "2001:db8::7", "2001:db8::1"
 TOKEN = bytes(range(16))
 PING_DATA = bytes(16) + TOKEN + TOKEN  # iputils layout: timestamp, then the pattern
-
-
-def v4(*layers: object, **fields: object) -> IP:
-    packet = IP(src=A4, dst=B4, **fields)
-    for layer in layers:
-        packet = packet / layer
-    return packet
-
-
-def v6(*layers: object) -> IPv6:
-    packet = IPv6(src=A6, dst=B6)
-    for layer in layers:
-        packet = packet / layer
-    return packet
 
 
 # -- ICMP ---------------------------------------------------------------------
