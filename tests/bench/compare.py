@@ -294,16 +294,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         world.echo_server(sl.SERVICE, 2222, *PORTS.values())
         served = make_served(world)
         try:
-            served.edit("key_rate = 0.5 ", "key_rate = 100000.0\nkey_burst = 100000 ")
-            served.edit("sequence_step = 30", "sequence_step = 5")
-            served.config.write_text(served.config.read_text() + (
-                '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 5\n'
-                'open = ["tcp/22"]\n'))
-            from spa.core import config as config_module
-
-            key = served.keygen("alice")
-            otp_keys = [key] + [served.keygen(f"alice{n}") for n in range(1, (args.count + 1) // 20 + 2)]
-            rule = config_module.load(served.config).gate.sequence
+            key, otp_keys, rule = sl.configure_for_bench(served, args.count)
             sl.prepare_addresses(world)
             served.start()
             others = Others(world, served.directory / "others")

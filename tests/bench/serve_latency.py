@@ -56,7 +56,6 @@ import ctypes
 import errno
 import itertools
 import json
-import math
 import os
 import platform
 import re
@@ -72,13 +71,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # spa is imported inside the functions that need it: the helper and the junk
 # sender run this same file inside the namespaces and should start quickly.
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))  # tests/, for the world package
 sys.path.insert(0, str(HERE.parents[2]))  # the checkout, for spa
+
+if TYPE_CHECKING:
+    from spa.core.keys import ClientKey
+    from spa.core.sequence import SequenceRule
 
 SERVICE = 22  # the protected port every knock opens
 UDP_PORT = 62201  # spa's UDP knock port (spa init's default)
@@ -677,8 +680,23 @@ def machine() -> dict[str, str]:
             "python": platform.python_version(), "nft": nft}
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def configure_for_bench(served: Any, count: int) -> tuple[ClientKey, list[ClientKey], SequenceRule]:
+    """The bench's spa config: per-key grant rate out of the way (latency, not
+    limits, is measured), 5 s one-time steps, the fixed sequence, and enough
+    keys for ``count`` one-time sequences. Returns (key, one-time keys, rule)."""
     from spa.core import config as config_module
+
+    served.edit("key_rate = 0.5 ", "key_rate = 100000.0\nkey_burst = 100000 ")
+    served.edit("sequence_step = 30", "sequence_step = 5")
+    served.config.write_text(served.config.read_text() + (
+        '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 5\n'
+        'open = ["tcp/22"]\n'))
+    key = served.keygen("alice")
+    otp_keys = [key] + [served.keygen(f"alice{n}") for n in range(1, (count + 1) // 20 + 2)]
+    return key, otp_keys, config_module.load(served.config).gate.sequence
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     from world import World
     from world.daemon import make_served, remove
 
@@ -687,14 +705,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         world.echo_server(SERVICE, 2222)
         served = make_served(world)
         try:
-            served.edit("key_rate = 0.5 ", "key_rate = 100000.0\nkey_burst = 100000 ")
-            served.edit("sequence_step = 30", "sequence_step = 5")
-            served.config.write_text(served.config.read_text() + (
-                '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 5\n'
-                'open = ["tcp/22"]\n'))
-            key = served.keygen("alice")
-            otp_keys = [key] + [served.keygen(f"alice{n}") for n in range(1, math.ceil((args.count + 1) / 20))]
-            rule = config_module.load(served.config).gate.sequence
+            key, otp_keys, rule = configure_for_bench(served, args.count)
             prepare_addresses(world)
             served.start()
             bench = Bench(world, served, key, otp_keys, rule, args.interval_ms / 1000, args.limit)
