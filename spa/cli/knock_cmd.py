@@ -46,9 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "  spa token --via dns --ip 198.51.100.7      # for nslookup on a phone\n"
         "  spa token --via sequence --command         # knock HOST p1 p2 p3, valid for this 30 s step",
     )
-    token.add_argument("--key", metavar="FILE", help="client key file (default: $SPA_KEY, then ~/.config/spa/)")
+    _key_and_port(token)
     token.add_argument("--via", choices=("icmp", "dns", "sequence"), default="dns")
-    token.add_argument("--open", metavar="PROTO/PORT", help="which of the key's ports (default: its default_open)")
     token.add_argument("--ip", metavar="ADDRESS", help="the address to open: the other device's public address")
     token.add_argument("--at", type=int, metavar="UNIXTIME", help="the token's time (default: now; the server allows ±60 s)")
     token.add_argument("--command", action="store_true", help="print the ready-to-paste ping or nslookup line")
@@ -65,17 +64,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "      HostName 203.0.113.10\n"
         "      ProxyCommand spa connect --key ~/.config/spa/alice.spakey %h %p",
     )
-    _common(connect)
+    _common(connect, port=False)  # the port is connect's own argument
     connect.add_argument("--wait", type=float, default=5.0, metavar="SECONDS", help="how long to wait for the port")
     connect.add_argument("host", help="server to connect to")
     connect.add_argument("port", type=int, help="protected TCP port")
     connect.set_defaults(func=run_connect)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _key_and_port(parser: argparse.ArgumentParser, port: bool = True) -> None:
     parser.add_argument("--key", metavar="FILE", help="client key file (default: $SPA_KEY, then ~/.config/spa/)")
+    if port:
+        parser.add_argument("--open", metavar="PROTO/PORT", help="which of the key's ports (default: its default_open)")
+
+
+def _common(parser: argparse.ArgumentParser, port: bool = True) -> None:
+    _key_and_port(parser, port)
     parser.add_argument("--via", choices=VIAS, default="udp", help="how to knock (default udp)")
-    parser.add_argument("--open", metavar="PROTO/PORT", help="which of the key's ports to open")
     parser.add_argument("--ip", metavar="auto|ADDRESS",
                         help="the address to open (default: this machine's); auto asks a STUN server")
     parser.add_argument("--stun-server", action="append", default=[], metavar="HOST[:PORT]",
