@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from world import need_netns
-from world.knocking import SERVER, Knocking, prepare, resolver
+from world.knocking import SERVER, Knocking, prepare, use_resolver
 from world.netns import Host, wait_until
 
 pytestmark = pytest.mark.netns
@@ -80,8 +80,8 @@ def test_dns_through_a_resolver_names_the_address(knocked: Knocking) -> None:
     """Bob's stub resolver stands in for a recursive one: the query comes from
     bob's address, the extended token names alice's, and only alice opens."""
     k = knocked
-    with resolver(k.world.bob, "10.77.2.1"):
-        knock(k, k.world.bob, "-v", "dns", "-i", "10.77.1.2")
+    use_resolver(k.world, k.world.bob, "10.77.2.1")
+    knock(k, k.world.bob, "-v", "dns", "-i", "10.77.1.2")
     opens_for_alice_only(k)
     assert "accepted alice via dns from 10.77.2.2: 10.77.1.2 tcp/22" in k.served.log()
 

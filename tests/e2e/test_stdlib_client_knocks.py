@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from world import need_netns
-from world.knocking import SERVER, Knocking, prepare, resolver
+from world.knocking import SERVER, Knocking, prepare, use_resolver
 from world.netns import Host, wait_until
 
 pytestmark = pytest.mark.netns
@@ -103,8 +103,8 @@ def test_dns_through_the_resolver_of_resolv_conf(knocking: Knocking) -> None:
     the query comes from bob, the extended token names alice."""
     k = knocking
     k.closed_before()
-    with resolver(k.world.bob, "10.77.2.1"):
-        out = client(k, "--via", "dns", "--ip", "10.77.1.2", host=k.world.bob)
+    use_resolver(k.world, k.world.bob, "10.77.2.1")
+    out = client(k, "--via", "dns", "--ip", "10.77.1.2", host=k.world.bob)
     assert "through the resolver 10.77.2.1 (answer: NOERROR)" in out
     assert k.opens(), k.served.log()
     k.only_alice()

@@ -7,10 +7,6 @@ how its own client is run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 import pytest
 
 from spa.core.keys import ClientKey, load_client_key
@@ -73,25 +69,6 @@ def prepare(request: pytest.FixtureRequest, *keygen: str, statics: str = "") -> 
     return Knocking(world, served)
 
 
-@contextmanager
-def resolver(host: Host, nameserver: str) -> Iterator[None]:
-    """Give ``host`` its own /etc/resolv.conf naming ``nameserver``.
-
-    ``ip netns exec NAME`` bind-mounts /etc/netns/NAME/resolv.conf over
-    /etc/resolv.conf; the file, and /etc/netns if we made it, go afterwards.
-    """
-    netns_etc = Path("/etc/netns")
-    made_netns_etc = not netns_etc.exists()
-    config = netns_etc / host.netns
-    config.mkdir(parents=True)
-    try:
-        (config / "resolv.conf").write_text(f"nameserver {nameserver}\noptions timeout:2 attempts:1\n")
-        yield
-    finally:
-        (config / "resolv.conf").unlink(missing_ok=True)
-        config.rmdir()
-        if made_netns_etc:
-            try:
-                netns_etc.rmdir()
-            except OSError:
-                pass  # someone else put something there meanwhile
+def use_resolver(world: World, host: Host, nameserver: str) -> None:
+    """Give ``host`` its own /etc/resolv.conf naming ``nameserver`` (removed with the world)."""
+    world.spaces.etc_file(host, "resolv.conf", f"nameserver {nameserver}\noptions timeout:2 attempts:1\n")  # type: ignore[arg-type]

@@ -15,7 +15,6 @@ server by IP version, which the demo world's hosts do not need).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import selectors
@@ -29,15 +28,13 @@ from typing import Any
 
 # One copy of the bounded primitives, shared with spa demo's world; re-exported
 # here because many tests import them from world.netns.
-from spa.demo.netns import run, wait_until
+from spa.demo.netns import Namespaces, run, wait_until
 
 __all__ = ["Agent", "AgentError", "Host", "World", "run", "wait_until"]
 
 HERE = Path(__file__).resolve().parent
 AGENT = HERE / "agent.py"
 REPO = HERE.parents[1]
-
-_serial = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -110,19 +107,25 @@ class Agent:
 
 @dataclass
 class World:
-    """A server and two clients (alice, bob). Use as a context manager."""
+    """A server and two clients (alice, bob). Use as a context manager.
 
-    tag: str = field(default_factory=lambda: f"spa{os.getpid()}x{next(_serial)}")
+    Namespaces and processes are kept by spa.demo's :class:`Namespaces`, the
+    one place that knows how to remove them again, Ctrl-C included.
+    """
+
+    spaces: Namespaces = field(default_factory=Namespaces)
     server: Host = field(init=False)
     alice: Host = field(init=False)
     bob: Host = field(init=False)
-    _made: list[str] = field(default_factory=list)
-    _processes: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.server = Host(f"{self.tag}-server")
-        self.alice = Host(f"{self.tag}-alice", "10.77.1.2", "fd77:1::2")
-        self.bob = Host(f"{self.tag}-bob", "10.77.2.2", "fd77:2::2")
+        self.server = Host(self.spaces.name("server"))
+        self.alice = Host(self.spaces.name("alice"), "10.77.1.2", "fd77:1::2")
+        self.bob = Host(self.spaces.name("bob"), "10.77.2.2", "fd77:2::2")
+
+    @property
+    def tag(self) -> str:
+        return self.spaces.tag
 
     def __enter__(self) -> World:
         try:
@@ -137,9 +140,7 @@ class World:
 
     def build(self) -> None:
         for host in (self.server, self.alice, self.bob):
-            run(["ip", "netns", "add", host.netns])
-            self._made.append(host.netns)
-            host.run(["ip", "link", "set", "lo", "up"])
+            self.spaces.add(host)  # type: ignore[arg-type] - any host with a netns name will do
         for index, client in ((1, self.alice), (2, self.bob)):
             inside, outside = f"client{index}", "uplink"
             # Created inside the server namespace, peer moved straight into the
@@ -158,16 +159,13 @@ class World:
         return f"10.77.{index}.1" if version == 4 else f"fd77:{index}::1"
 
     def popen(self, host: Host, argv: list[str]) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            host.exec_argv(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, cwd=REPO,
-        )
-        self._processes.append(process)
-        return process
+        """Start ``argv`` in ``host`` with pipes to talk to it; killed on close."""
+        return self.spaces.popen(host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # type: ignore[arg-type]
+                                 cwd=REPO)
 
     def adopt(self, process: subprocess.Popen[str]) -> None:
         """Kill ``process`` (started elsewhere, by us) when the world closes."""
-        self._processes.append(process)
+        self.spaces.adopt(process)
 
     def agent(self, host: Host) -> Agent:
         """Start agent.py inside ``host`` (``ip netns exec`` execs: same pid)."""
@@ -187,24 +185,8 @@ class World:
         return process
 
     def close(self) -> None:
-        """Kill our processes by pid, then delete our namespaces."""
-        while self._processes:
-            process = self._processes.pop()
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGKILL)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            for stream in (process.stdin, process.stdout):
-                if stream:
-                    try:
-                        stream.close()
-                    except OSError:
-                        pass
-        while self._made:
-            name = self._made.pop()
-            run(["ip", "netns", "del", name], check=False)
+        """Kill our processes by pid, then delete our namespaces (and /etc/netns entries)."""
+        self.spaces.close()
 
 
 def _drain(stream: Any) -> None:
