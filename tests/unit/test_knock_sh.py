@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,10 @@ from spa.core.events import Request
 from spa.core.keys import ClientKey, load_client_key
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+
+from world.need import need  # noqa: E402 - skips locally, fails in CI
+
 KNOCK = REPO / "clients" / "knock.sh"
 VECTORS = json.loads((REPO / "docs" / "test-vectors.json").read_text())
 ZONE = "knock.example.com"
@@ -40,7 +45,7 @@ SHELLS = {"sh": ["sh"], "dash": ["dash"], "busybox": ["busybox", "sh"], "bash-po
 def shell(name: str) -> list[str]:
     argv = SHELLS[name]
     if shutil.which(argv[0]) is None:
-        pytest.skip(f"{argv[0]} is not installed")
+        need(False, f"needs {argv[0]} (scripts/setup.sh installs it)")
     return argv
 
 
@@ -177,8 +182,8 @@ def test_default_time_is_now_and_default_port_is_default_open(tmp_path: Path) ->
     assert pattern == tokens.ping_pattern(tokens.compact_token(key, fields.time, ipaddress.ip_address("192.0.2.7")))
 
 
-@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's ip to find the local address")
 def test_without_i_binds_the_local_address_toward_the_host(vector_path: Path) -> None:
+    need(shutil.which("ip") is not None, "needs iproute2's ip to find the local address")
     key = load_client_key(vector_path)
     loopback = ipaddress.ip_address("127.0.0.1")
     cmd = command("-k", str(vector_path), "-t", "1760000000", "127.0.0.1")
@@ -281,8 +286,8 @@ def test_needs_only_posix_tools_and_openssl(tmp_path: Path, vector_path: Path) -
     bin_dir.mkdir()
     for tool in ("dig", *tools):
         found = shutil.which(tool)
-        if found is None:
-            pytest.skip(f"{tool} is not installed")
+        need(found is not None, f"needs {tool}")
+        assert found is not None
         (bin_dir / tool).symlink_to(found)
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path)}
     entry = VECTORS["extended"][0]
@@ -310,8 +315,7 @@ def test_refuses_busybox_ping(tmp_path: Path, vector_path: Path) -> None:
 
 
 def test_shellcheck_is_clean() -> None:
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed")
+    need(shutil.which("shellcheck") is not None, "needs shellcheck (scripts/setup.sh installs it)")
     result = subprocess.run(["shellcheck", "-s", "sh", str(KNOCK)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout
 
