@@ -527,19 +527,26 @@ compact_for() {
     fi
 }
 
+# target_for NAME WHAT: set TARGET to NAME's address in the family of -i (if
+# any), or to NAME itself when it cannot be resolved here but -i says what to
+# open; refuse an -i of the other family: WHAT only opens the family it travels in.
+target_for() {
+    WANT_FAMILY=''
+    if [ -n "$ADDRESS" ] && [ "$ADDRESS" != none ]; then WANT_FAMILY=$(family "$ADDRESS"); fi
+    TARGET=$(resolve "$1" "$WANT_FAMILY")
+    if [ -z "$TARGET" ]; then
+        [ -n "$ADDRESS" ] || die "cannot resolve $1: give its address, or your address with -i"
+        TARGET=$1  # the tool resolves it; -i says what to open
+    elif [ -n "$WANT_FAMILY" ] && [ "$(family "$TARGET")" != "$WANT_FAMILY" ]; then
+        die "-i $ADDRESS is IPv$WANT_FAMILY but $1 is IPv$(family "$TARGET") ($TARGET): $2 opens only the family it travels in"
+    fi
+}
+
 if [ "$MODE" = icmp ]; then
     [ -z "$DNS_SERVER" ] || die "-s is for -v dns"
     HOST=${HOST:-$SERVER}
     [ -n "$HOST" ] || die "no HOST given and the key file names no server"
-    WANT_FAMILY=''
-    if [ -n "$ADDRESS" ] && [ "$ADDRESS" != none ]; then WANT_FAMILY=$(family "$ADDRESS"); fi
-    TARGET=$(resolve "$HOST" "$WANT_FAMILY")
-    if [ -z "$TARGET" ]; then
-        [ -n "$ADDRESS" ] || die "cannot resolve $HOST: give its address, or your address with -i"
-        TARGET=$HOST  # ping resolves it; -i says what to open
-    elif [ -n "$WANT_FAMILY" ] && [ "$(family "$TARGET")" != "$WANT_FAMILY" ]; then
-        die "-i $ADDRESS is IPv$WANT_FAMILY but $HOST is IPv$(family "$TARGET") ($TARGET): a ping can only open the family it travels in"
-    fi
+    target_for "$HOST" "a ping"
     BOUND=$(bound_address "$TARGET") || exit 1
     TOKEN=$(compact_for "$BOUND") || exit 1
     if [ "$(family "$TARGET")" = 6 ] && [ "$(uname -s 2>/dev/null)" != Linux ]; then
@@ -564,15 +571,7 @@ else
     [ -n "$ZONE" ] || die "$KEY names no zone: DNS knocks need the server's knock zone"
     if [ -n "$DNS_SERVER" ]; then
         # Direct: the server sees our own address, so a compact token is enough.
-        WANT_FAMILY=''
-        if [ -n "$ADDRESS" ] && [ "$ADDRESS" != none ]; then WANT_FAMILY=$(family "$ADDRESS"); fi
-        TARGET=$(resolve "$DNS_SERVER" "$WANT_FAMILY")
-        if [ -z "$TARGET" ]; then
-            [ -n "$ADDRESS" ] || die "cannot resolve $DNS_SERVER: give its address, or yours with -i"
-            TARGET=$DNS_SERVER  # nslookup resolves it; -i says what to open
-        elif [ -n "$WANT_FAMILY" ] && [ "$(family "$TARGET")" != "$WANT_FAMILY" ]; then
-            die "-i $ADDRESS is IPv$WANT_FAMILY but $DNS_SERVER is IPv$(family "$TARGET") ($TARGET): a direct query opens the family it travels in"
-        fi
+        target_for "$DNS_SERVER" "a direct query"
         BOUND=$(bound_address "$TARGET") || exit 1
         TOKEN=$(compact_for "$BOUND") || exit 1
     else
