@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="python3 python3-venv iproute2 nftables libnftables1 iptables ipset procps iputils-ping dnsutils knockd systemd coturn openssh-server openssh-client openssl shellcheck busybox unbound tcpdump fwknop-server fwknop-client"
+APT_PACKAGES="python3 python3-venv iproute2 nftables libnftables1 iptables ipset procps iputils-ping dnsutils knockd systemd coturn openssh-server openssh-client openssl shellcheck busybox unbound tcpdump fwknop-server fwknop-client nmap faketime gcc libc6-dev"
 
 missing=""
 for p in $APT_PACKAGES; do
