@@ -2,7 +2,9 @@
 
 A token is recorded (and, in a :class:`FileLedger`, written and fsynced)
 before its grant is applied, so neither a restart nor SIGKILL lets it be
-accepted twice. An entry is dropped once its token time is more than
+accepted twice. The daemon's worker defers the fsync (``sync_each=False``)
+so that the supervisor can check a grant while the disk works, then calls
+:meth:`Ledger.sync` and releases the grant only once it returns. An entry is dropped once its token time is more than
 ``retention`` seconds old; from then on the *floor* (the newest token time
 ever dropped) refuses any token at or below it. Without the floor, a clock
 stepped back after pruning would make pruned tokens acceptable again.
@@ -13,6 +15,7 @@ Codes that never go stale (emergency codes) are recorded with time
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -57,6 +60,12 @@ class Ledger:
         if now - self._last_prune >= PRUNE_EVERY:
             self.prune(now)
 
+    def sync(self) -> None:
+        """Make every recorded token durable; raises OSError if it could not be.
+
+        A no-op in memory, and in a :class:`FileLedger` that syncs each record.
+        """
+
     def prune(self, now: float) -> None:
         """Forget tokens too old to be accepted, raising the floor past them."""
         self._last_prune = now
@@ -74,13 +83,15 @@ class FileLedger(Ledger):
     """A ledger persisted as an append-only text file in the state directory.
 
     One line per accepted token (``id address time accepted``) and one per
-    floor change (``floor time``); fsync after each. At start the file is
+    floor change (``floor time``); fsync after each, or, with
+    ``sync_each=False``, at the caller's :meth:`sync` (which must come
+    before any grant the records allow). At start the file is
     replayed; a torn last line (a crash mid-write, before any grant) is
     ignored, damage anywhere else refuses to start. When the file holds
     mostly dropped entries it is rewritten atomically.
     """
 
-    def __init__(self, path: Path, retention: int, directory: int | None = None) -> None:
+    def __init__(self, path: Path, retention: int, directory: int | None = None, *, sync_each: bool = True) -> None:
         """``directory`` is an open descriptor of ``path``'s directory, if the
         caller has one: every file operation is then relative to it, so a
         process that dropped privilege needs no access to the directories
@@ -88,6 +99,9 @@ class FileLedger(Ledger):
         super().__init__(retention)
         self.path = path
         self._lines = 0
+        self._sync_each = sync_each
+        self._unsynced = False
+        self._sync_failed: str | None = None
         self._own_directory = directory is None
         self._directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY) if directory is None else directory
         self._file: TextIO | None = None
@@ -133,10 +147,27 @@ class FileLedger(Ledger):
 
     def _append(self, line: str) -> None:
         assert self._file is not None
+        self._unsynced = True
         self._file.write(line + "\n")
         self._file.flush()
-        os.fsync(self._file.fileno())
         self._lines += 1
+        if self._sync_each:
+            self.sync()
+
+    def sync(self) -> None:
+        # After a failed fsync the kernel may have dropped the dirty pages and
+        # a later fsync can succeed without them (PostgreSQL's "fsyncgate"):
+        # nothing written since the last good sync can be trusted, so every
+        # later sync fails too, until spa is restarted and reads the file back.
+        if self._sync_failed is not None:
+            raise OSError(errno.EIO, f"an earlier fsync of {self.path} failed ({self._sync_failed}); restart spa")
+        if self._unsynced and self._file is not None:
+            try:
+                os.fsync(self._file.fileno())
+            except OSError as problem:
+                self._sync_failed = problem.strerror or str(problem)
+                raise
+            self._unsynced = False
 
     def record(self, token_id: bytes, entry: Entry, now: float) -> None:
         self._entries[token_id] = entry  # refuse it again even if the write fails
@@ -164,6 +195,7 @@ class FileLedger(Ledger):
         os.replace(temporary, self.path.name, src_dir_fd=self._directory, dst_dir_fd=self._directory)
         os.fsync(self._directory)
         self._lines = len(self._entries) + 1
+        self._unsynced = False  # the rewrite was fsynced whole
         if self._file is not None:
             self._file.close()
             self._file = self._open_append()

@@ -24,7 +24,21 @@ class Stats:
     counts: dict[str, int]
 
 
-Message = Grant | Stats
+@dataclass(frozen=True)
+class Synced:
+    """The ledger records behind every grant sent so far are on disk: apply them.
+
+    Grants travel ahead of the ledger's fsync so that the supervisor checks
+    them while the disk works; it holds them until this arrives.
+    """
+
+
+@dataclass(frozen=True)
+class Discard:
+    """The ledger could not be synced: drop every grant held, apply none."""
+
+
+Message = Grant | Stats | Synced | Discard
 
 
 def encode(message: Message) -> bytes:
@@ -39,8 +53,12 @@ def encode(message: Message) -> bytes:
                 "single_use": message.single_use,
             }
         }
-    else:
+    elif isinstance(message, Stats):
         body = {"stats": dict(message.counts)}
+    elif isinstance(message, Synced):
+        body = {"synced": True}
+    else:
+        body = {"discard": True}
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -52,6 +70,10 @@ def decode(line: bytes) -> Message | None:
         body = json.loads(line)
         if not isinstance(body, dict) or len(body) != 1:
             return None
+        if body == {"synced": True}:
+            return Synced()
+        if body == {"discard": True}:
+            return Discard()
         if "stats" in body:
             counts = body["stats"]
             if not isinstance(counts, dict):

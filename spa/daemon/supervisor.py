@@ -21,6 +21,7 @@ from pathlib import Path
 
 from spa.core import config as config_module
 from spa.core.config import Config
+from spa.core.events import Grant
 from spa.core.keyring import Keyring
 from spa.core.ledger import FileLedger
 from spa.errors import SpaError
@@ -37,6 +38,7 @@ STATUS = "status.json"
 STOP_WAIT = 5.0  # seconds a worker gets to finish before SIGKILL
 CRASHES_ALLOWED = 5  # worker crashes within CRASH_PERIOD before the supervisor gives up
 CRASH_PERIOD = 60.0
+MAX_HELD = 64  # grants waiting for Synced; an honest worker sends Synced right after
 ECHO_SYSCTLS = ("/proc/sys/net/ipv4/icmp_echo_ignore_all", "/proc/sys/net/ipv6/icmp/echo_ignore_all")
 
 
@@ -112,6 +114,7 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.crashes: list[float] = []
         self.granted = 0
+        self.held: list[Grant] = []  # re-checked grants waiting for the worker's Synced
         self._wake_r, self._wake_w = socket.socketpair()
 
     # -- life cycle --------------------------------------------------------
@@ -263,17 +266,31 @@ class Supervisor:
             log.warning("dropped a malformed message from the worker")
         elif isinstance(message, messages.Stats):
             self._write_status(message.counts)
+        elif isinstance(message, messages.Synced):
+            held, self.held = self.held, []
+            for grant in held:
+                self._apply(grant)
+        elif isinstance(message, messages.Discard):
+            if self.held:
+                log.error(f"dropped {len(self.held)} grant(s): the worker could not make their tokens durable")
+            self.held = []
         else:
+            # Checked now, while the worker fsyncs the ledger; applied on Synced.
             why = recheck.refusal(message, self.keyring, self.config.firewall)
             if why:
                 log.error(f"refused a grant the worker asked for: {why}")
-                return
-            assert self.backend is not None
-            try:
-                self.backend.grant(message)
-                self.granted += 1
-            except FirewallError as problem:
-                log.error(f"grant of {message.request} to {message.address} failed: {problem}")
+            elif len(self.held) >= MAX_HELD:
+                log.error(f"refused a grant the worker asked for: over {MAX_HELD} grants waiting for the ledger")
+            else:
+                self.held.append(message)
+
+    def _apply(self, grant: Grant) -> None:
+        assert self.backend is not None
+        try:
+            self.backend.grant(grant)
+            self.granted += 1
+        except FirewallError as problem:
+            log.error(f"grant of {grant.request} to {grant.address} failed: {problem}")
 
     def _write_status(self, counts: dict[str, int]) -> None:
         assert self.child is not None
@@ -288,6 +305,7 @@ class Supervisor:
             log.warning(f"cannot write {path}: {problem.strerror}")
 
     def _close_pipe(self, child: _Child) -> None:
+        self.held = []  # a worker gone before Synced: its tokens may not be on disk
         try:
             self.selector.unregister(child.pipe)
         except (KeyError, ValueError):
@@ -379,7 +397,9 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
     if account is not None:
         privdrop.drop(account)
     try:
-        ledger = FileLedger(config.state_dir / LEDGER, ledger_retention(config), directory=state)
+        # The worker syncs the ledger itself, after sending a grant and
+        # before the supervisor may apply it (worker.Worker._release).
+        ledger = FileLedger(config.state_dir / LEDGER, ledger_retention(config), directory=state, sync_each=False)
     except PermissionError as problem:
         user = account.name if account else "this user"
         raise SpaError(f"{config.state_dir}: replay state not writable by {user}: {problem.strerror}") from None

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from spa.carriers import dns, icmp, udp
 from spa.carriers.sequence import Tracker
 from spa.core.config import Config
-from spa.core.events import Accepted, Decision, Duplicate, IPAddress, Knock, Rejection, Request
+from spa.core.events import Accepted, Decision, Duplicate, IPAddress, Knock, Reason, Rejection, Request
 from spa.core.gate import Gate
 from spa.core.keyring import Keyring
 from spa.core.ledger import Ledger
@@ -116,10 +116,7 @@ class Worker:
         for knock in candidates:
             decision = self.gate.decide(knock)
             if isinstance(decision, Accepted):
-                for grant in decision.grants:
-                    self.emit(grant)
-                log.info(report.describe(decision))
-                return decision
+                return self._release(decision)
             if isinstance(decision, Duplicate):
                 return decision
             rejections.append(decision)
@@ -128,6 +125,27 @@ class Worker:
         if line:
             log.info(line)
         return rejection
+
+    def _release(self, decision: Accepted) -> Decision:
+        """Send the grants, then make their ledger records durable, then say so.
+
+        The supervisor re-checks the grants while the fsync runs (the two
+        slowest steps of a knock overlap) but applies them only on Synced:
+        a token whose record could not be made durable opens nothing.
+        """
+        for grant in decision.grants:
+            self.emit(grant)
+        try:
+            self.gate.ledger.sync()
+        except OSError as problem:
+            self.emit(messages.Discard())
+            refusal = Rejection(Reason.STATE_UNWRITABLE, decision.source, decision.carrier,
+                                f"cannot make the replay record durable: {problem}", decision.key)
+            log.info(report.describe(refusal))
+            return refusal
+        self.emit(messages.Synced())
+        log.info(report.describe(decision))
+        return decision
 
     def _junk(self) -> None:
         self.counts["junk"] += 1

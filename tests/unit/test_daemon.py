@@ -3,6 +3,7 @@ what needs a restart, and the worker fed with packet bytes (no sockets, no root)
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ from spa.core.keys import load_client_key
 from spa.core.ledger import Ledger
 from spa.core.sequence import SequenceRule
 from spa.daemon import messages, recheck, report
-from spa.daemon.supervisor import restart_needed
+from spa.daemon.supervisor import MAX_HELD, Supervisor, restart_needed
+from spa.firewall import open_backend
 from spa.daemon.worker import Worker
 
 ALICE = ipaddress.ip_address("198.51.100.7")
@@ -52,6 +54,8 @@ def test_grants_and_stats_cross_the_pipe_intact() -> None:
     assert messages.decode(messages.encode(grant)) == grant
     stats = messages.Stats({"gate.accepted": 3})
     assert messages.decode(messages.encode(stats)) == stats
+    assert messages.decode(messages.encode(messages.Synced())) == messages.Synced()
+    assert messages.decode(messages.encode(messages.Discard())) == messages.Discard()
 
 
 @pytest.mark.parametrize("line", [
@@ -131,9 +135,9 @@ def test_worker_grants_a_ping_once_and_counts_junk(setup: tuple[Path, Path]) -> 
     ping = bytes(IP(src=str(ALICE), dst="192.0.2.1") / ICMP(type=8) / Raw(bytes(16) + token * 3))
     decision = worker.packet(ping, now)
     assert isinstance(decision, Accepted)
-    assert sent == [Grant(ALICE, SSH, 30, "alice", Carrier.ICMP)]
+    assert sent == [Grant(ALICE, SSH, 30, "alice", Carrier.ICMP), messages.Synced()]
     assert isinstance(worker.packet(ping, now + 1), Duplicate)  # ping's next echo
-    assert len(sent) == 1
+    assert len(sent) == 2
     junk = bytes(IP(src=str(ALICE), dst="192.0.2.1") / UDP(dport=62201) / Raw(b"x" * 8))
     assert worker.packet(junk, now) is None
     assert worker.packet(b"\x45garbage", now) is None
@@ -157,7 +161,7 @@ def test_worker_answers_dns_the_same_and_grants_after(setup: tuple[Path, Path]) 
         worker.label(query.label, ALICE, now)
     assert [r.header.rcode for r in replies] == [0, 0]
     assert [len(r.rr) for r in replies] == [0, 0] and [len(r.auth) for r in replies] == [1, 1]
-    assert sent == [Grant(ALICE, SSH, 30, "alice", Carrier.DNS)]
+    assert sent == [Grant(ALICE, SSH, 30, "alice", Carrier.DNS), messages.Synced()]
 
 
 def test_worker_completes_fixed_and_one_time_sequences(setup: tuple[Path, Path]) -> None:
@@ -172,7 +176,50 @@ def test_worker_completes_fixed_and_one_time_sequences(setup: tuple[Path, Path])
     send("tcp", 7000)
     send("tcp", 7000)  # a retransmitted SYN changes nothing
     assert isinstance(send("udp", 8000), Accepted)
-    assert sent[-1] == Grant(ALICE, Request("tcp", 3389), 30, "sequence:office", Carrier.SEQUENCE)
+    assert sent[-2:] == [Grant(ALICE, Request("tcp", 3389), 30, "sequence:office", Carrier.SEQUENCE), messages.Synced()]
     ports = tokens.otp_sequence(key, now, SequenceRule())
     decisions = [send("tcp", port) for port in ports]
-    assert isinstance(decisions[-1], Accepted) and sent[-1].key == "alice"
+    assert isinstance(decisions[-1], Accepted) and sent[-2].key == "alice"
+
+
+# -- a grant is applied only once its token is on disk ----------------------------
+
+class _FullDisk(Ledger):
+    """A ledger whose records never become durable (fsync fails)."""
+
+    def sync(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_worker_withdraws_a_grant_whose_record_cannot_be_made_durable(setup: tuple[Path, Path]) -> None:
+    config = config_module.load(setup[0])
+    sent: list[messages.Message] = []
+    worker = Worker(config, config_module.load_keyring(config), _FullDisk(700), sent.append)
+    now = time.time()
+    token = tokens.compact_token(load_client_key(setup[1]), int(now), ALICE)
+    ping = bytes(IP(src=str(ALICE), dst="192.0.2.1") / ICMP(type=8) / Raw(bytes(16) + token * 3))
+    decision = worker.packet(ping, now)
+    assert isinstance(decision, Rejection) and decision.reason is Reason.STATE_UNWRITABLE
+    assert "No space left" in decision.detail
+    assert sent == [Grant(ALICE, SSH, 30, "alice", Carrier.ICMP), messages.Discard()]
+    worker.packet(ping, now + 1)  # the token stays spent: it can never be granted later
+    assert len(sent) == 2
+
+
+def test_supervisor_applies_a_grant_only_after_the_workers_synced(setup: tuple[Path, Path]) -> None:
+    supervisor = Supervisor(setup[0])  # the dry-run backend: no root, no kernel state
+    backend = supervisor.backend = open_backend(supervisor.config.firewall)
+    grant = Grant(ALICE, SSH, 30, "alice", Carrier.UDP)
+    supervisor._handle(grant)
+    assert backend.live() == [] and supervisor.held == [grant]  # checked, held
+    supervisor._handle(messages.Synced())
+    assert [(g.address, g.request) for g in backend.live()] == [(ALICE, SSH)]
+    other = Grant(ipaddress.ip_address("198.51.100.8"), SSH, 30, "alice", Carrier.UDP)
+    supervisor._handle(other)
+    supervisor._handle(messages.Discard())
+    supervisor._handle(messages.Synced())  # a Synced after Discard releases nothing
+    assert len(backend.live()) == 1 and supervisor.granted == 1
+    supervisor._handle(Grant(ALICE, SSH, 30, "mallory", Carrier.UDP))  # refused at once, never held
+    for number in range(MAX_HELD + 5):  # a subverted worker cannot pile up grants
+        supervisor._handle(Grant(ipaddress.ip_address(f"198.51.101.{number}"), SSH, 30, "alice", Carrier.UDP))
+    assert len(supervisor.held) == MAX_HELD

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,36 @@ def test_compaction_keeps_live_entries(tmp_path: Path) -> None:
     reloaded = FileLedger(path, retention=10)
     assert reloaded.get((1499).to_bytes(4, "big")) is not None
     assert reloaded.floor >= NOW + 1400 * 20
+
+
+def test_deferred_sync_fsyncs_once_for_what_was_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    ledger = FileLedger(tmp_path / "ledger", retention=100, sync_each=False)
+    ledger.record(b"\x01" * 16, Entry(CLIENT, NOW, int(NOW)), NOW)
+    assert synced == []  # written, not yet durable: the daemon holds the grant meanwhile
+    ledger.sync()
+    ledger.sync()  # nothing new written: no second fsync
+    assert len(synced) == 1
+    ledger.close()
+    assert FileLedger(tmp_path / "ledger", retention=100).get(b"\x01" * 16) is not None
+
+
+def test_a_failed_fsync_fails_every_later_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = FileLedger(tmp_path / "ledger", retention=100, sync_each=False)
+    ledger.record(b"\x01" * 16, Entry(CLIENT, NOW, int(NOW)), NOW)
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError):
+        ledger.sync()
+    monkeypatch.undo()  # the disk "recovers", but the pages it dropped are gone
+    ledger.record(b"\x02" * 16, Entry(CLIENT, NOW, int(NOW)), NOW)
+    with pytest.raises(OSError, match="earlier fsync"):
+        ledger.sync()
 
 
 def test_buckets_refill_and_stay_bounded() -> None:
