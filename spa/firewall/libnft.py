@@ -22,6 +22,8 @@ from typing import Any
 
 from spa.errors import SpaError
 
+from . import netlink
+
 # Output flags from <nftables/libnftables.h>.
 OUTPUT_HANDLE = 1 << 3
 OUTPUT_JSON = 1 << 4
@@ -92,6 +94,8 @@ class Nft:
         self._lock = threading.Lock()
         self._lib.nft_ctx_buffer_output(handle)
         self._lib.nft_ctx_buffer_error(handle)
+        self._ran = False
+        self.netlink_fd: int | None = None  # the context's own socket, once known (see run)
 
     def run(self, commands: str, *, json_output: bool = False) -> str:
         """Run nft commands (one transaction per call); return buffered output.
@@ -103,7 +107,15 @@ class Nft:
             ctx = self._require()
             flags = OUTPUT_NUMERIC_ALL | (OUTPUT_JSON if json_output else 0)
             self._lib.nft_ctx_output_set_flags(ctx, flags)
+            # libnftables opens its netlink socket at the first command; the
+            # one that appears then is this context's (netlink.py's fast path
+            # must use exactly that socket: it owns the grant table).
+            before = None if self._ran else set(netlink.netfilter_socket_fds())
             status = self._lib.nft_run_cmd_from_buffer(ctx, commands.encode())
+            if before is not None:
+                self._ran = True
+                new = set(netlink.netfilter_socket_fds()) - before
+                self.netlink_fd = new.pop() if len(new) == 1 else None
             output = (self._lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
             error = (self._lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
         if status != 0:

@@ -13,7 +13,7 @@ import logging
 
 from spa.core.events import Grant, IPAddress, Request
 
-from . import nft_render
+from . import netlink, nft_render
 from .base import FirewallError, LiveGrant, check_grant
 from .libnft import Nft, NftError
 from .settings import FirewallSettings
@@ -28,9 +28,12 @@ class NftablesBackend:
     socket owns the grant table. Call :meth:`close` on orderly shutdown.
     """
 
-    def __init__(self, settings: FirewallSettings, nft: Nft | None = None) -> None:
+    def __init__(self, settings: FirewallSettings, nft: Nft | None = None, *, fast: bool = True) -> None:
+        """``fast=False`` keeps every grant on the libnftables text path (a baseline for benchmarks)."""
         self.settings = settings
         self._nft = nft if nft is not None else Nft()
+        self._fast = fast
+        self._writer: netlink.ElementWriter | None = None
 
     def install(self) -> None:
         """(Re)create the guard, then the grant table this context owns.
@@ -59,12 +62,45 @@ class NftablesBackend:
     def grant(self, grant: Grant) -> None:
         check_grant(grant, self.settings.protect)
         single = self.settings.wants_single_use(grant.request, grant.single_use)
-        self._run(nft_render.grant_commands(self.settings, grant, single), f"grant {grant.request}")
+        if not self._grant_fast(grant, single):
+            self._run(nft_render.grant_commands(self.settings, grant, single), f"grant {grant.request}")
         log.info(
             "granted %s to %s for %ds (%s via %s%s)",
             grant.request, grant.address, grant.seconds, grant.key, grant.carrier.value,
             ", single use" if single else "",
         )
+
+    @property
+    def fast_grants(self) -> bool:
+        """Whether grants go by raw netlink (known only after the first grant)."""
+        return self._writer is not None
+
+    def _grant_fast(self, grant: Grant, single: bool) -> bool:
+        """The same transaction as raw netlink on the context's socket (netlink.py).
+
+        False when that path is unavailable or failed: the caller then uses
+        the text path, which repeats the (idempotent) batch and reports any
+        real problem in nft's words.
+        """
+        if self._writer is None:
+            fd = self._nft.netlink_fd
+            if fd is None or not self._fast:
+                return False
+            try:
+                self._writer = netlink.ElementWriter(fd)
+            except (OSError, netlink.NetlinkError):
+                return False
+        address = nft_render.normalise(grant.address)
+        target = nft_render.set_for(address, single)
+        key = netlink.element_key(address, grant.request)
+        comment = nft_render.who(grant.key, grant.carrier.value)
+        family, table = self.settings.family, self.settings.grant_table
+        try:
+            self._writer.apply(lambda seq: netlink.grant_batch(family, table, target, key, grant.seconds, comment, seq))
+        except netlink.NetlinkError as problem:
+            log.debug("fast grant path failed (%s); using libnftables", problem)
+            return False
+        return True
 
     def revoke(self, address: IPAddress, request: Request) -> None:
         self._run(nft_render.revoke_commands(self.settings, address, request), "revoke")
@@ -119,6 +155,9 @@ class NftablesBackend:
         return nft_render.parse_tables(listing, self.settings.family)
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()  # a duplicate: the socket lives until the context goes
+            self._writer = None
         self._nft.close()
 
     def _run(self, commands: str, what: str) -> None:

@@ -7,7 +7,10 @@ inside it, and deletes it afterwards, so the host ruleset is never touched.
 
 Measured, each over N grants to distinct addresses (median and p99, ms):
 
-* ``nftables``  spa's backend: libnftables in-process (add/delete/add batch)
+* ``nftables``  spa's backend: the add/delete/add batch as raw netlink on
+  libnftables' own socket (spa/firewall/netlink.py)
+* ``nftables-text``  the same backend on its fallback path: libnftables
+  parses the text batch and refreshes its cache first
 * ``nft-cli``   baseline: one ``nft add element`` process per grant
 * ``ipset``     spa's iptables backend: one ``ipset add ... -exist`` per grant
 * ``iptables``  baseline: one ``iptables -I`` rule per grant (knockd style)
@@ -60,17 +63,21 @@ def run(argv: list[str]) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=30)
 
 
-def bench_nftables(count: int) -> dict[str, float]:
-    backend = NftablesBackend(FirewallSettings(protect=(SSH,)))
+def bench_nftables(count: int, fast: bool = True) -> dict[str, float]:
+    backend = NftablesBackend(FirewallSettings(protect=(SSH,)), fast=fast)
     backend.install()
     try:
         samples = timed(count, lambda i: backend.grant(
             Grant(address(i), SSH, 60, "bench", Carrier.UDP)))
-        verified = len(backend.live()) == count
+        verified = len(backend.live()) == count and backend.fast_grants == fast
     finally:
         backend.uninstall()
         backend.close()
     return {**summary(samples), "verified": verified}
+
+
+def bench_nftables_text(count: int) -> dict[str, float]:
+    return bench_nftables(count, fast=False)
 
 
 def bench_nft_cli(count: int) -> dict[str, float]:
@@ -118,6 +125,7 @@ def bench_iptables_cli(count: int) -> dict[str, float]:
 
 METHODS = {
     "nftables": (bench_nftables, 1),
+    "nftables-text": (bench_nftables_text, 1),
     "nft-cli": (bench_nft_cli, 4),  # subprocess methods get fewer rounds
     "ipset": (bench_ipset, 4),
     "iptables": (bench_iptables_cli, 4),

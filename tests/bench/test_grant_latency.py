@@ -28,7 +28,7 @@ def test_grant_latency_smoke() -> None:
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
-    assert set(figures) == {"nftables", "nft-cli", "ipset", "iptables"}
+    assert set(figures) == {"nftables", "nftables-text", "nft-cli", "ipset", "iptables"}
     for name, row in figures.items():
         assert row["verified"], f"{name}: grants not all present after the run"
         assert 0 < row["median_ms"] <= row["p99_ms"]

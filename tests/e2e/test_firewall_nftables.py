@@ -74,6 +74,26 @@ def test_single_use_not_consumed_by_an_existing_session(nft_scene: Scene) -> Non
     assert s.probe(s.alice) == "open"
 
 
+def test_grants_go_by_raw_netlink_and_read_back_as_nft_writes_them(nft_scene: Scene) -> None:
+    """The fast path (spa/firewall/netlink.py) is really taken, and what it
+    writes is what the text path would: key, timeout, comment, set."""
+    s = nft_scene
+    assert s.server.call("grant", address=ALICE4, request="tcp/22", seconds=30, key="alice")["fast"] is True
+    s.server.call("grant", address=ALICE6, request="tcp/22", seconds=20, key="bob", carrier="dns", single_use=True)
+    listing = s.world.server.run(["nft", "-nn", "list", "table", "inet", "spa_grant"]).stdout
+    assert f'{ALICE4} . 6 . 22 timeout 30s expires' in listing and 'comment "alice/udp"' in listing
+    assert f'{ALICE6} . 6 . 22 timeout 20s expires' in listing and 'comment "bob/dns"' in listing
+    live = {g["address"]: g for g in s.server.call("live")["grants"]}
+    assert live[ALICE4]["key"] == "alice" and live[ALICE4]["single_use"] is False
+    assert live[ALICE6]["key"] == "bob" and live[ALICE6]["single_use"] is True
+    assert s.probe(s.alice) == "open" and s.probe(s.bob) == "dropped"
+    # The fast path holds a duplicate of the owning socket: closing the
+    # backend must still end the owned table, and with it every grant.
+    s.server.call("close")
+    assert "spa_grant" not in nft_tables(s.world)
+    assert s.probe(s.alice) == "dropped"
+
+
 def nft_tables(world: World) -> set[str]:
     # Text, not -j: nft 1.0.6 garbles an owned table's flags in JSON.
     listing = world.server.run(["nft", "list", "tables"]).stdout

@@ -77,7 +77,7 @@ class Agent:
                     bool(request.get("single_use", False)),
                 )
             )
-            return {}
+            return {"fast": bool(getattr(self._backend(), "fast_grants", False))}
         if op == "revoke":
             self._backend().revoke(
                 ipaddress.ip_address(request["address"]), Request.parse(request["request"])
