@@ -119,6 +119,8 @@ def _ipv4(a: Addresses) -> list[Junk]:
         Junk("ipv4 last fragment at the largest offset", "ipv4",
              raw(IP(src=a.client4, dst=a.server4, frag=8191, id=78, proto=17) / Raw(b"z" * 16)), KERNEL),
         Junk("syn with a bad checksum to a knock port", "ipv4", syn[:36] + b"\xde\xad" + syn[38:], SEQUENCE),
+        Junk("half-open: a bare syn to the dns port", "ipv4",
+             raw(ip / TCP(sport=40002, dport=53, flags="S", seq=1)), KERNEL),
         Junk("ipv4 unknown protocol 253", "ipv4", raw(IP(src=a.client4, dst=a.server4, proto=253) / Raw(b"q" * 20)),
              KERNEL),
     ]
