@@ -272,30 +272,34 @@ def _drain(sock: socket.socket) -> None:
             return
 
 
-# DNS over TCP with lying length prefixes: (what is sent, whether we then half-close).
-LIES = (
-    (b"\xff\xff" + _header(30) + b"\x03www", False),  # claims 65535 bytes, sends 16, waits
-    (b"\x01\x2c" + _header(31)[:5], False),  # claims 300, sends 5
+# DNS over TCP with lying length prefixes. These end a message at once or
+# half-close, so the server drops them: (what is sent, whether we then half-close).
+CLOSING_LIES = (
     (b"\x00\x64" + _header(32)[:10], True),  # claims 100, sends 10, then half-closes
     (b"\x00\x05" + _header(33) + b"\x00" * 20, False),  # claims 5, sends 32: a 5-byte "message"
     (b"\x00\x00", False),  # a zero-length frame
 )
+# These claim more than they send and wait: each takes one of the server's slots.
+WAITING_LIES = (
+    b"\xff\xff" + _header(30) + b"\x03www",  # claims 65535 bytes, sends 16
+    b"\x01\x2c" + _header(31)[:5],  # claims 300, sends 5
+)
 
 
 def hold(server: str, connections: int, seconds: float) -> dict[str, int]:
-    """Open ``connections`` DNS-over-TCP connections that lie about their length and
-    keep them until stdin closes or ``seconds`` pass. Prints ``holding N``; returns
-    how many the server closed on its own meanwhile."""
+    """Open the closing lies once each, then ``connections`` waiting ones, and keep
+    them all until stdin closes or ``seconds`` pass. Prints ``holding N`` (the
+    waiting ones); returns how many connections the server closed meanwhile."""
     held: list[socket.socket] = []
-    for index in range(connections):
-        data, half_close = LIES[index % len(LIES)]
+    lies = [*CLOSING_LIES, *((WAITING_LIES[i % len(WAITING_LIES)], False) for i in range(connections))]
+    for data, half_close in lies:
         sock = socket.create_connection((server, 53), timeout=5)
         sock.sendall(data)
         if half_close:
             sock.shutdown(socket.SHUT_WR)
         sock.setblocking(False)
         held.append(sock)
-    print(f"holding {len(held)}", flush=True)
+    print(f"holding {connections}", flush=True)
     select.select([sys.stdin], [], [], seconds)
     closed = 0
     for sock in held:
@@ -303,10 +307,10 @@ def hold(server: str, connections: int, seconds: float) -> dict[str, int]:
             closed += sock.recv(1) == b""
         except BlockingIOError:
             pass
-        except OSError:
+        except OSError:  # reset: closed with our unread bytes in its queue
             closed += 1
         sock.close()
-    return {"held": len(held), "closed by the server": closed}
+    return {"opened": len(held), "closed by the server": closed}
 
 
 def main(argv: list[str]) -> int:
