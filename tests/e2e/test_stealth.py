@@ -33,6 +33,7 @@ from world.netns import wait_until
 pytestmark = pytest.mark.netns
 
 ALICE = ipaddress.ip_address("10.77.1.2")
+SERVER6 = "fd77:1::1"
 STATICS = '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 5\nopen = ["tcp/22"]\n'
 PROTECTED = (22, 2222)
 CLOSED_TCP, CLOSED_UDP = 23, 9  # nothing listens there and spa does not guard them
@@ -48,9 +49,11 @@ def knocking(request: pytest.FixtureRequest) -> Knocking:
     return k
 
 
-def scan(k: Knocking, kind: str, ports: tuple[int, ...]) -> dict[int, str]:
+def scan(k: Knocking, kind: str, ports: tuple[int, ...], target: str = SERVER) -> dict[int, str]:
     """nmap ``kind`` (-sS or -sU) of ``ports`` from alice: each port's state."""
-    result = k.world.alice.run([*NMAP, kind, "-p", ",".join(map(str, ports)), SERVER], check=False, timeout=90)
+    six = ["-6"] if ":" in target else []
+    argv = [*NMAP, *six, kind, "-p", ",".join(map(str, ports)), target]
+    result = k.world.alice.run(argv, check=False, timeout=90)
     assert result.returncode == 0, result.stderr
     found = {int(p.get("portid", 0)): p.find("state").get("state", "")  # type: ignore[union-attr]
              for p in ElementTree.fromstring(result.stdout).iter("port")}
@@ -104,6 +107,10 @@ def test_nmap_sees_protected_and_knock_ports_as_filtered(knocking: Knocking) -> 
     otp_ports = tokens.otp_sequence(k.key, time.time(), SequenceRule())
     want = expected(otp_ports)
     assert picture(k, otp_ports) == want
+    # The same over IPv6 (once: the UDP step first, so these hits cannot complete the fixed sequence).
+    for kind, group, ports in (("-sU", "udp", (62201, 8000, CLOSED_UDP)),
+                               ("-sS", "tcp", (*PROTECTED, 7000, 9000, CLOSED_TCP))):
+        assert scan(k, kind, ports, SERVER6) == {port: want[group][port] for port in ports}, kind
     failed_knocks(k)
     assert picture(k, otp_ports) == want
     assert k.probe() == "dropped"
