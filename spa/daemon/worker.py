@@ -100,7 +100,12 @@ class Worker:
         the reply then cannot take longer for a valid token than for junk."""
         assert self.zone is not None
         self.counts["packets.dns"] += 1
-        return dns.answer(message, self.zone, max_size)
+        query = dns.answer(message, self.zone, max_size)
+        if query.response is None:
+            # Not a query we answer (truncated, a response, a pointer loop, ...):
+            # silence on the wire, but counted, so a junk flood shows up in status.
+            self.counts["dns.unanswered"] += 1
+        return query
 
     def label(self, label: str, source: IPAddress, now: float) -> Decision | None:
         knock = dns.knock(label, source, now)

@@ -164,6 +164,17 @@ def test_worker_answers_dns_the_same_and_grants_after(setup: tuple[Path, Path]) 
     assert sent == [Grant(ALICE, SSH, 30, "alice", Carrier.DNS), messages.Synced()]
 
 
+def test_worker_counts_dns_it_stays_silent_about(setup: tuple[Path, Path]) -> None:
+    worker, _ = make_worker(setup[0])
+    loop = bytes.fromhex("1234 0100 0001 0000 0000 0000 c00c 0001 0001")  # the question name points at itself
+    for message in (b"", b"\x12\x34\x01", loop):
+        assert worker.dns_query(message).response is None
+    formerr = worker.dns_query(bytes.fromhex("1234 0100 0000 0000 0000 0000"))  # no question: answered
+    assert formerr.response is not None and formerr.response[3] & 0xF == 1
+    stats = worker.stats()
+    assert stats["packets.dns"] == 4 and stats["dns.unanswered"] == 3
+
+
 def test_worker_completes_fixed_and_one_time_sequences(setup: tuple[Path, Path]) -> None:
     worker, sent = make_worker(setup[0])
     key = load_client_key(setup[1])

@@ -1,0 +1,101 @@
+"""Guessing one-time codes at a running ``spa serve``: the source, then the key, is locked out.
+
+Small thresholds (3 wrong codes per source, 5 per key) keep it short; the
+gate's rule itself is tests/unit/test_gate.py::test_wrong_codes_lock_out_the_source_then_the_key.
+Here the codes travel as a real resolver would send them (dig, a DNS label)
+and as ``ping -p`` patterns, and the proof is in the log and the firewall.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import pyotp
+import pytest
+import tomllib
+
+from spa.client import tokens
+from spa.core import otp
+from world import need_netns
+from world.daemon import ZONE
+from world.knocking import SERVER, Knocking, prepare
+from world.netns import wait_until
+
+pytestmark = pytest.mark.netns
+
+ALICE = ipaddress.ip_address("10.77.1.2")
+BOB_SERVER = "10.77.2.1"
+PER_SOURCE, PER_KEY = 3, 5
+
+
+@pytest.fixture
+def knocking(request: pytest.FixtureRequest) -> Knocking:
+    need_netns("nft", "ping", "dig", libraries=("nftables",))
+    k = prepare(request, "--totp")
+    k.served.edit("otp_failures_per_source = 5", f"otp_failures_per_source = {PER_SOURCE}")
+    k.served.edit("otp_failures_per_key = 20", f"otp_failures_per_key = {PER_KEY}")
+    k.served.start()
+    return k
+
+
+def totp(k: Knocking) -> pyotp.TOTP:
+    record = tomllib.loads((k.served.directory / "keys" / "alice.toml").read_text())
+    return pyotp.TOTP(record["totp_secret"])
+
+
+def wrong_codes(code: pyotp.TOTP, how_many: int) -> list[str]:
+    """Codes the server cannot accept in the next minute or so (not near any current step)."""
+    now = time.time()
+    near = {code.at(now + 30 * step) for step in range(-2, 4)}
+    return [guess for guess in (f"{n:06d}" for n in range(123456, 999999, 111111)) if guess not in near][:how_many]
+
+
+def dig(k: Knocking, label: str) -> None:
+    answer = k.alice_runs("dig", f"@{SERVER}", f"{label}.{ZONE}", "+tries=1", "+time=2")
+    assert "status: NOERROR" in answer, answer  # the answer never tells a guess from a good code
+
+
+def test_guessing_codes_locks_out_the_source_then_the_key(knocking: Knocking) -> None:
+    k = knocking
+    code = totp(k)
+    guesses = wrong_codes(code, PER_KEY + 3)
+    source_line = f"rejected key alice from {ALICE} via dns: wrong one-time code (code does not match; source locked out"
+    for guess in guesses[:PER_SOURCE]:
+        dig(k, otp.to_label("alice", guess))
+    assert k.served.wait_log(source_line, 5), k.served.log()
+
+    # The right code from the locked-out source is refused, and says why.
+    dig(k, otp.to_label("alice", code.now()))
+    refused = f"rejected key alice from {ALICE} via dns: locked out after repeated failures"
+    assert k.served.wait_log(refused, 5), k.served.log()
+    assert k.probe() == "dropped", "a locked-out source opened the port"
+
+    # Another source may still guess, until the key itself is locked out.
+    key_line = "via icmp: wrong one-time code (code does not match; key locked out"
+    bob_pings = 0
+    for guess in guesses[PER_SOURCE:]:
+        if key_line in k.served.log():
+            break
+        k.world.bob.run(["ping", "-c", "1", "-W", "1", "-p", otp.to_pattern(k.key.key_id, guess), BOB_SERVER],
+                        check=False)
+        bob_pings += 1
+        # Wait for this ping's own verdict before deciding whether to guess again.
+        wait_until(lambda: k.served.log().count("rejected key alice from 10.77.2.2 via icmp") >= bob_pings, 3)
+    assert k.served.wait_log(key_line, 3), k.served.log()
+    assert bob_pings == PER_KEY - PER_SOURCE, "each wrong ping should count exactly one failure"
+    log = k.served.log()
+    assert f"rejected key alice from 10.77.2.2 {key_line}" in log, log
+
+    # Now the right code is refused from every source.
+    k.world.bob.run(["ping", "-c", "1", "-W", "1", "-p", otp.to_pattern(k.key.key_id, code.now()), BOB_SERVER],
+                    check=False)
+    assert k.served.wait_log("from 10.77.2.2 via icmp: locked out after repeated failures", 5), k.served.log()
+    assert k.probe(k.bob) == "dropped", "a locked-out key opened the port"
+    assert "accepted" not in k.served.log()
+
+    # Guessing codes cannot lock the owner out of token knocks: those carry a MAC, not a code.
+    token = tokens.compact_token(k.key, int(time.time()), ALICE)
+    k.alice_runs("ping", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(token), SERVER)
+    assert k.opens(timeout=5), k.served.log()
+    assert wait_until(lambda: "accepted alice via icmp" in k.served.log(), 3)
