@@ -419,8 +419,15 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
         keep |= {s.fileno() for s in listeners.capture.sockets()}
     _close_other_fds(keep)  # the firewall's netlink socket above all
     os.umask(0o077)
+    supervisor = os.getppid()
     if account is not None:
         privdrop.drop(account)
+        # The kernel clears the parent-death signal when the credentials
+        # change: without this a worker outlives a killed supervisor, still
+        # holding the sockets and consuming knocks nobody grants.
+        privdrop.die_with_parent()
+        if os.getppid() != supervisor:  # it died before we asked
+            return 0
     try:
         ledger = FileLedger(config.state_dir / LEDGER, ledger_retention(config), directory=state)
     except OSError as problem:

@@ -184,7 +184,6 @@ def test_stopped_supervisor_or_worker_cannot_hold_a_port_open(knocking: Knocking
             os.kill(pid, signal.SIGCONT)
         knock(k, int(time.time()) + 1)  # a token of its own: the last one is in the ledger
         assert k.opens(), (f"spa did not carry on after SIGCONT to the {name}", k.served.log())
-        assert closes(k)
 
 
 def test_killed_supervisor_restarts_with_the_guard_and_the_replay_state(knocking: Knocking) -> None:
@@ -194,7 +193,11 @@ def test_killed_supervisor_restarts_with_the_guard_and_the_replay_state(knocking
     assert k.opens()
     k.served.signal(signal.SIGKILL)
     assert k.served.process is not None and k.served.process.wait(5) == -signal.SIGKILL
-    assert wait_until(lambda: gone(worker), 5), "the worker outlived its supervisor"
+    # The worker gets SIGTERM from the kernel when its supervisor dies. (The
+    # kernel forgets that request when the worker drops root, so it is made
+    # again after; without it an orphan went on answering DNS and holding the
+    # sockets until its next write to the dead pipe, up to 5 s later.)
+    assert wait_until(lambda: gone(worker), 2.5), "the worker outlived its supervisor"
     assert "spa_grant" not in tables(k) and "spa_guard" in tables(k)
     assert k.probe() == "dropped", "the grant outlived the killed daemon"
 
