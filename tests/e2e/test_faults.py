@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 
 from spa.client import tokens
-from world import need, need_netns
+from world import World, need, need_netns
+from world.daemon import make_served, remove
 from world.knocking import SERVER, Knocking, prepare
 from world.netns import wait_until
 
@@ -131,6 +132,44 @@ def test_a_guard_that_cannot_be_put_back_stops_spa(knocking: Knocking) -> None:
     assert "stopping rather than serve with the ports unguarded" in k.served.log()
     assert "Operation not permitted" in k.served.log()
     assert "spa_grant" not in tables(k)  # no grant survives the stop
+
+
+def test_iptables_guard_flushed_or_unhooked_is_put_back(world: World, request: pytest.FixtureRequest) -> None:
+    need_netns("iptables", "ip6tables", "ipset", "ping")
+    world.echo_server(22, 2222)
+    served = make_served(world, backend="iptables")
+    request.addfinalizer(lambda: remove(served))
+    served.keygen("alice")
+    k = Knocking(world, served)
+    served.start()
+    k.closed_before()
+    world.server.run(["iptables", "-w", "-F", "spa_guard"])
+    assert served.wait_log("restored spa's firewall rules", 5), served.log()
+    assert "iptables chain spa_guard was changed" in served.log()
+    assert k.probe() == "dropped"
+    world.server.run(["ip6tables", "-w", "-D", "INPUT", "-j", "spa_guard"])
+    assert wait_until(lambda: served.log().count("restored spa's firewall rules") == 2, 5), served.log()
+    assert "ip6tables INPUT has 0 jumps to spa_guard (want 1)" in served.log()
+    knock(k)
+    assert k.opens(), served.log()
+    k.only_alice()
+
+
+def test_nftables_changes_are_heard_as_they_happen(world: World) -> None:
+    """The notification socket the supervisor listens on, in the server's namespace."""
+    need_netns("nft")
+    script = (
+        "import subprocess, sys, time\n"
+        "from spa.firewall.watch import NftWatch\n"
+        "watch = NftWatch()\n"
+        "assert not watch.drain(), 'heard something before any change'\n"
+        "subprocess.run(['nft', 'add', 'table', 'inet', 'spa_watch_probe'], check=True)\n"
+        "deadline = time.monotonic() + 5\n"
+        "while not watch.drain() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('heard' if time.monotonic() < deadline else 'silent')\n"
+    )
+    assert world.server.run([sys.executable, "-c", script]).stdout.strip() == "heard"
 
 
 # -- no libnftables --------------------------------------------------------------
