@@ -101,10 +101,15 @@ def test_deleted_or_flushed_guard_is_put_back_and_knocks_still_work(knocking: Kn
     # socket and survives, so its grants do too.
     k.world.server.run(["nft", "flush", "ruleset"])
     assert wait_until(lambda: k.served.log().count("restored spa's firewall rules") == 3, 5), k.served.log()
+    assert "grant chain" not in k.served.log() and "grants live until now were lost" not in k.served.log()
     assert k.probe() == "dropped"
 
     knock(k)
     assert k.opens(), k.served.log()
+    # A guard put back under a live grant keeps the grant (it lives in the other table).
+    k.world.server.run(["nft", "delete", "table", "inet", "spa_guard"])
+    assert wait_until(lambda: k.served.log().count("restored spa's firewall rules") == 4, 5), k.served.log()
+    assert k.probe() == "open", "the restored guard ended a live grant"
     k.only_alice()
     assert k.served.process is not None and k.served.process.poll() is None
 
