@@ -133,9 +133,9 @@ class Supervisor:
 
     def _start(self) -> None:
         config = self.config
-        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Read the ledger once here to refuse a damaged one before anything listens.
         try:
+            config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             FileLedger(config.state_dir / LEDGER, ledger_retention(config)).close()
             _prepare_state(config.state_dir, self.account)
         except OSError as problem:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from makings import CLIENT, NOW
 
+from spa.cli import main
 from spa.core.events import Request
 from spa.core.ledger import Entry, FileLedger
 from spa.daemon.integrity import ClockWatch, keep_guard
@@ -297,3 +298,22 @@ def test_closing_with_unwritable_lines_does_not_raise(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         ledger.record(b"refused", Entry(CLIENT, NOW, NOW), NOW)
     ledger.close()  # a worker stopping on a full disk exits cleanly
+
+
+def test_a_state_dir_that_cannot_hold_the_ledger_is_a_one_line_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # `spa serve` sets up logging for the process: undo that after this test.
+    for logger in (logging.getLogger(), logging.getLogger("spa.firewall")):
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "level", logger.level)
+    directory = tmp_path / "srv"
+    assert main(["init", "--dir", str(directory), "--protect", "tcp/22", "--zone", "knock.test",
+                 "--backend", "dry-run"]) == 0
+    state = directory / "state"
+    if state.is_dir():
+        state.rmdir()
+    state.write_text("not a directory\n")  # in the ledger's way, for root too
+    capsys.readouterr()
+    assert main(["serve", "--config", str(directory / "spa.toml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"spa: {directory / 'state'}: cannot keep replay state there: File exists"]
