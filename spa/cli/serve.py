@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description=(
             "Guard the protected ports, listen for knocks on every carrier the config\n"
             "turns on, and grant. One log line per decision on stderr (the journal).\n"
-            "Signals: HUP reloads config and keys, USR1 logs the counters, TERM stops."
+            "Signals: HUP reloads config and keys, USR1 logs the counters, TERM stops.\n"
+            "Exit status: 0 stopped, 1 error (one line says which), 3 spa's firewall\n"
+            "rules were removed by someone else and could not be put back."
         ),
         epilog="example:\n  spa serve --config /etc/spa/spa.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter,

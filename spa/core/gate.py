@@ -111,7 +111,7 @@ class Gate:
         if abs(skew) > self.settings.time_window:
             return (
                 f"token time is {skew:+d} s from the server clock (window ±{self.settings.time_window} s); "
-                "check the clock of the knocking device"
+                "check the clock of the knocking device, and of this server"
             )
         if token_time <= self.ledger.floor:
             return "token older than the replay horizon (did the server clock step back?)"
@@ -150,7 +150,7 @@ class Gate:
         try:
             self.ledger.record(token_id, Entry(address, knock.received, time), knock.received)
         except OSError as problem:
-            return self._reject(knock, Reason.STATE_UNWRITABLE, str(problem), entry.name)
+            return self._reject(knock, Reason.STATE_UNWRITABLE, problem.strerror or str(problem), entry.name)
         granted = policy.grant_seconds(seconds)
         grants = tuple([Grant(address, r, granted, entry.name, knock.carrier, policy.single_use) for r in requests])
         return Accepted(grants, entry.name, knock.carrier, knock.source)

@@ -133,7 +133,17 @@ class FileLedger(Ledger):
                 ) from None
         self._lines = len(lines)
         if torn:
-            self._rewrite()  # drop the torn tail so later appends start on a clean line
+            self._cut(len(text) - len(torn))  # so later appends start on a clean line
+
+    def _cut(self, size: int) -> None:
+        """Drop a torn tail in place: truncating needs no free space (a rewrite
+        would, and a torn tail is most likely where the disk filled up)."""
+        descriptor = os.open(self.path.name, os.O_WRONLY, dir_fd=self._directory)
+        try:
+            os.ftruncate(descriptor, size)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
     def _apply(self, line: str) -> None:
         parts = line.split(" ")
@@ -146,7 +156,8 @@ class FileLedger(Ledger):
         self._entries[bytes.fromhex(token)] = Entry(ipaddress.ip_address(address), float(accepted), int(time))
 
     def _append(self, line: str) -> None:
-        assert self._file is not None
+        if self._file is None:  # a reopen after a rewrite failed: try again, or fail this record
+            self._file = self._open_append()
         self._unsynced = True
         self._file.write(line + "\n")
         self._file.flush()
@@ -197,12 +208,18 @@ class FileLedger(Ledger):
         self._lines = len(self._entries) + 1
         self._unsynced = False  # the rewrite was fsynced whole
         if self._file is not None:
-            self._file.close()
+            file, self._file = self._file, None  # never left holding a closed file
+            file.close()
             self._file = self._open_append()
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError:
+                # Unflushed lines are records whose write already failed, so
+                # their knocks were refused: nothing granted is lost here.
+                pass
         if self._own_directory:
             os.close(self._directory)

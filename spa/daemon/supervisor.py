@@ -26,8 +26,10 @@ from spa.core.keyring import Keyring
 from spa.core.ledger import FileLedger
 from spa.errors import SpaError
 from spa.firewall import Backend, FirewallError, open_backend
+from spa.firewall.watch import NftWatch
 
 from . import messages, privdrop, recheck
+from .integrity import ClockWatch, keep_guard
 from .listeners import Listeners, open_listeners, wanted
 from .worker import Worker, pipe_emitter, serve
 
@@ -40,6 +42,9 @@ CRASHES_ALLOWED = 5  # worker crashes within CRASH_PERIOD before the supervisor 
 CRASH_PERIOD = 60.0
 HOLD_SPIN = 0.002  # seconds the supervisor polls for Synced before it sleeps again
 MAX_HELD = 64  # grants waiting for Synced; an honest worker sends Synced right after
+CHECK_EVERY = 1.0  # seconds between guard and clock checks when nothing is heard
+CHECK_GAP = 0.05  # least seconds between two checks a flood of nftables notifications asks for
+GUARD_LOST = 3  # exit status: spa's firewall rules were removed and could not be restored
 ECHO_SYSCTLS = ("/proc/sys/net/ipv4/icmp_echo_ignore_all", "/proc/sys/net/ipv6/icmp/echo_ignore_all")
 
 
@@ -116,6 +121,9 @@ class Supervisor:
         self.crashes: list[float] = []
         self.granted = 0
         self.held: list[Grant] = []  # re-checked grants waiting for the worker's Synced
+        self.watch: NftWatch | None = None
+        self.clock = ClockWatch(time.time, time.monotonic, self.config.gate.time_window)
+        self._checked = 0.0  # time.monotonic() of the last guard check
         self._wake_r, self._wake_w = socket.socketpair()
 
     # -- life cycle --------------------------------------------------------
@@ -129,12 +137,17 @@ class Supervisor:
 
     def _start(self) -> None:
         config = self.config
-        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Read the ledger once here to refuse a damaged one before anything listens.
-        FileLedger(config.state_dir / LEDGER, ledger_retention(config)).close()
-        _prepare_state(config.state_dir, self.account)
+        try:
+            config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            FileLedger(config.state_dir / LEDGER, ledger_retention(config)).close()
+            _prepare_state(config.state_dir, self.account)
+        except OSError as problem:
+            raise SpaError(f"{config.state_dir}: cannot keep replay state there: {problem.strerror or problem}") from None
         self.backend = open_backend(config.firewall)
         self.backend.install()
+        self._watch_nftables()
+        self.clock.look()
         self.listeners = open_listeners(config)
         if config.icmp is not None and config.icmp.silence_replies:
             self.silence.on()
@@ -168,19 +181,46 @@ class Supervisor:
             f"{len(self.keyring)} keys; worker {self.child.pid} as {user}"
         )
 
+    def _watch_nftables(self) -> None:
+        """Hear ruleset changes at once (else the 1 s tick finds them)."""
+        if self.config.firewall.backend != "nftables":
+            return
+        try:
+            self.watch = NftWatch()
+        except OSError as problem:
+            log.warning(f"cannot watch nftables for changes ({problem.strerror}); checking the guard every second")
+            return
+        self.selector.register(self.watch.fileno(), selectors.EVENT_READ, "nftables")
+
     def _loop(self) -> int:
+        due = time.monotonic() + CHECK_EVERY
         while True:
-            for selected, _ in self.selector.select(timeout=1.0):
+            for selected, _ in self.selector.select(timeout=max(0.0, due - time.monotonic())):
                 if selected.data == "signal":
                     for number in self._signals():
                         status = self._on_signal(number)
                         if status is not None:
                             return status
+                elif selected.data == "nftables":
+                    assert self.watch is not None
+                    if self.watch.drain():
+                        due = min(due, self._checked + CHECK_GAP)
                 else:
                     self._read_child()
             status = self._reap()
             if status is not None:
                 return status
+            if time.monotonic() >= due:
+                if not self.check():
+                    return GUARD_LOST
+                due = self._checked + CHECK_EVERY
+
+    def check(self) -> bool:
+        """The periodic look at the guard and the clock; False: stop serving."""
+        self._checked = time.monotonic()
+        self.clock.look()
+        assert self.backend is not None
+        return keep_guard(self.backend)
 
     def _signals(self) -> list[int]:
         try:
@@ -204,6 +244,8 @@ class Supervisor:
         if self.listeners is not None:
             self.listeners.close()
         self.silence.off()
+        if self.watch is not None:
+            self.watch.close()
         if self.backend is not None:
             self.backend.close()  # an owned grant table goes with it: every grant ends
         self.selector.close()
@@ -225,6 +267,7 @@ class Supervisor:
             return False
         self._stop_child()
         self.config, self.keyring = new, keyring
+        self.clock.time_window = new.gate.time_window
         self._spawn()
         log.info(f"reloaded {self.config_path}: {len(keyring)} keys, {len(new.statics)} fixed sequences")
         return True
@@ -408,15 +451,22 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
         keep |= {s.fileno() for s in listeners.capture.sockets()}
     _close_other_fds(keep)  # the firewall's netlink socket above all
     os.umask(0o077)
+    supervisor = os.getppid()
     if account is not None:
         privdrop.drop(account)
+        # The kernel clears the parent-death signal when the credentials
+        # change: without this a worker outlives a killed supervisor, still
+        # holding the sockets and consuming knocks nobody grants.
+        privdrop.die_with_parent()
+        if os.getppid() != supervisor:  # it died before we asked
+            return 0
     try:
         # The worker syncs the ledger itself, after sending a grant and
         # before the supervisor may apply it (worker.Worker._release).
         ledger = FileLedger(config.state_dir / LEDGER, ledger_retention(config), directory=state, sync_each=False)
-    except PermissionError as problem:
+    except OSError as problem:
         user = account.name if account else "this user"
-        raise SpaError(f"{config.state_dir}: replay state not writable by {user}: {problem.strerror}") from None
+        raise SpaError(f"{config.state_dir}: replay state not writable by {user}: {problem.strerror or problem}") from None
     worker = Worker(config, keyring, ledger, pipe_emitter(pipe))
     try:
         return serve(worker, listeners, pipe)

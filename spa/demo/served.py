@@ -67,11 +67,12 @@ class Served:
             raise ValueError(f"{self.config} has no {old!r}")
         self.config.write_text(text.replace(old, new, 1))
 
-    def start(self, timeout: float = 15) -> None:
+    def start(self, timeout: float = 15, env: dict[str, str] | None = None) -> None:
+        """Start serving (``env``: the whole environment, if not ours); return once it serves."""
         log = open(self.log_path, "a")  # noqa: SIM115 - the child holds its own copy
         self.process = subprocess.Popen(
             self.exec_argv([*SPA, "serve", "--config", str(self.config)]),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, text=True,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, text=True, env=env,
         )
         log.close()
         self.adopt(self.process)

@@ -52,6 +52,15 @@ class Backend(Protocol):
     def uninstall(self) -> None:
         """Remove everything this backend installed (spa's own objects only)."""
 
+    def damage(self) -> str | None:
+        """What of spa's installed structures is missing or changed, or None
+        if all is as :meth:`install` left it. Cheap: the daemon asks every
+        second, so that a guard deleted by someone else is noticed."""
+
+    def repair(self) -> None:
+        """Put back what :meth:`damage` reports, keeping live grants where
+        the structure holding them survived. Raises FirewallError if it cannot."""
+
     def close(self) -> None:
         """Release resources. Grants stay until their kernel timeout (or go at
         once where the structure holding them is owned by this process)."""

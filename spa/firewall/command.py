@@ -138,6 +138,13 @@ class CommandBackend:
     def uninstall(self) -> None:
         """Nothing was installed."""
 
+    def damage(self) -> str | None:
+        """spa installs nothing here (the host firewall guards), so nothing to check."""
+        return None
+
+    def repair(self) -> None:
+        """Nothing to repair."""
+
     def close(self) -> None:
         """Orderly shutdown: run the stop command for every grant still open."""
         with self._lock:

@@ -63,5 +63,12 @@ class DryRunBackend:
         self._open.clear()
         log.info("dry run: would remove spa's firewall tables")
 
+    def damage(self) -> str | None:
+        """Nothing is installed, so nothing can be damaged."""
+        return None
+
+    def repair(self) -> None:
+        """Nothing to repair."""
+
     def close(self) -> None:
         self._open.clear()

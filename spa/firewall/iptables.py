@@ -44,6 +44,8 @@ class IptablesBackend:
         self.chain = settings.guard_table
         self.sets = {4: f"{settings.grant_table}4", 6: f"{settings.grant_table}6"}
         self.tools = {4: settings.iptables_binary, 6: settings.ip6tables_binary}
+        # ``-S`` lines of our chain per family right after install (damage() compares).
+        self._installed: dict[int, list[str]] | None = None
 
     # -- install / uninstall -------------------------------------------------
 
@@ -63,6 +65,7 @@ class IptablesBackend:
             )
         for version in (4, 6):
             self._install_chain(version)
+        self._installed = {version: self._chain_rules(version)[0] for version in (4, 6)}
 
     def _install_chain(self, version: int) -> None:
         tool = self.tools[version]
@@ -98,6 +101,41 @@ class IptablesBackend:
             self._call([tool, "-w", "-X", self.chain])
         for name in self.sets.values():
             self._call([self.settings.ipset_binary, "destroy", name])
+
+    # -- integrity ---------------------------------------------------------------
+
+    def damage(self) -> str | None:
+        """Our chain's rules as at install, exactly one jump to it from INPUT,
+        and both sets present: three spawns (~5 ms), once a second."""
+        if self._installed is None:
+            return "spa's chains and sets were never installed"
+        found = []
+        for version in (4, 6):
+            rules, jumps = self._chain_rules(version)
+            tool = self.tools[version]
+            if not rules:
+                found.append(f"{tool} chain {self.chain} is missing")
+            elif rules != self._installed[version]:
+                found.append(f"{tool} chain {self.chain} was changed")
+            if jumps != 1:
+                found.append(f"{tool} INPUT has {jumps} jumps to {self.chain} (want 1)")
+        listed = self._call([self.settings.ipset_binary, "-n", "list"])
+        names = set(listed.stdout.split()) if listed.returncode == 0 else set()
+        found.extend(f"ipset {name} is missing" for name in self.sets.values() if name not in names)
+        return "; ".join(found) or None
+
+    def repair(self) -> None:
+        """install() again: it flushes and refills the chain, puts back one
+        jump, and creates only missing sets (members, the grants, stay)."""
+        self.install()
+
+    def _chain_rules(self, version: int) -> tuple[list[str], int]:
+        """``-S`` lines defining our chain, and how many INPUT rules jump to it."""
+        result = self._call([self.tools[version], "-w", "-S"])
+        lines = result.stdout.splitlines() if result.returncode == 0 else []
+        ours = [line for line in lines if line.split()[:2] in (["-N", self.chain], ["-A", self.chain])]
+        jumps = sum(1 for line in lines if line == f"-A INPUT -j {self.chain}")
+        return ours, jumps
 
     # -- grants ----------------------------------------------------------------
 

@@ -120,7 +120,10 @@ class Nft:
             error = (self._lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
         if status != 0:
             first = next((line for line in error.splitlines() if line.strip()), "")
-            raise NftError(f"nft refused {commands.strip().splitlines()[0]!r}: {first or 'error'}")
+            # Name the first command, not a script's leading comment.
+            command = next((line.strip() for line in commands.splitlines()
+                            if line.strip() and not line.lstrip().startswith("#")), "")
+            raise NftError(f"nft refused {command!r}: {first or 'error'}")
         return output
 
     def run_json(self, commands: str) -> Any:
