@@ -42,14 +42,16 @@ pytestmark = pytest.mark.netns
 
 ALICE = "10.77.1.2"
 BOB, BOB_SERVER = "10.77.2.2", "10.77.2.1"  # bob, and the server's address on bob's link
-TIME_WINDOW = 30  # [server] time_window of this test's spa: a token's life
+TIME_WINDOW = 45  # [server] time_window of this test's spa: a token's life
 REPEAT_WINDOW = 5  # [server] repeat_window: a repeat from the same address is the same knock
 GRANT = 2  # [policy] seconds
 STEP = 30  # TOTP interval and one-time sequence step (client defaults)
-# TOTP codes and sequences live in 30 s steps, not in the time window: pick
-# a step that stays valid at least this long after the knock, so every
-# phase but the last sees a live code (see Knock.expires).
-STEP_LIFE = 25
+TOTP_REACH = 1  # [otp] totp_steps: codes of this many steps either side are accepted
+SEQUENCE_REACH = -(-TIME_WINDOW // STEP)  # sequences: the steps the time window covers, either side
+# Codes and sequences live in 30 s steps, not in the time window: each is
+# knocked with the step that stays valid at least this long after the knock
+# (so every phase but the last sees it live) and ends soonest after that.
+STEP_LIFE = 28
 FIXED = '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 5\nopen = ["tcp/22"]\n'
 SPA = [sys.executable, "-m", "spa"]
 
@@ -121,16 +123,38 @@ class Replays:
             for knock in self.knocks for source in sources
         })
 
+    def settled(self) -> None:
+        """Past the repeat window of every original, and every grant gone: from
+        here a copy from alice's own address is a replay too, and a new grant
+        would show as an open port for her."""
+        time.sleep(max(0.0, max(knock.accepted for knock in self.knocks) + REPEAT_WINDOW + 0.5 - time.time()))
+        assert wait_until(lambda: live_grants(self.k.served, self.k.world.server) == [], GRANT + 5, 0.2)
+
     def still_in_window(self) -> None:
         left = min(knock.expires for knock in self.knocks) - time.time()
         assert left > 1, f"the machine is too slow for this test: the window closed {-left:.0f} s early"
 
 
-def code_step(now: float) -> int:
-    """The TOTP/sequence step to knock with: accepted now (one step either side
-    of the current one is), valid for at least STEP_LIFE s, gone soon after."""
+def running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie has ended: its new parent just has not reaped it yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def step_for(now: float, reach: int) -> int:
+    """The step to knock with: accepted now (``reach`` steps either side of the
+    current one are), alive at least STEP_LIFE s more, and the first to end after that."""
     current = int(now) // STEP
-    return current - 1 if (current + 1) * STEP - now >= STEP_LIFE else current
+    return next(step for step in range(current - reach, current + reach + 1)
+                if ends(step, reach) - now >= STEP_LIFE)
+
+
+def ends(step: int, reach: int) -> int:
+    """The first second at which ``step`` is more than ``reach`` steps in the past."""
+    return (step + reach + 1) * STEP
 
 
 def original(k: Knocking, key: str, carrier: str, expression: str, argv: list[str], packets: int,
@@ -193,18 +217,19 @@ def replays(request: pytest.FixtureRequest) -> Iterator[Replays]:
                      1, now + TIME_WINDOW + 1))
     # Then the 30 s steps: a one-time sequence from `spa token`, sent by `knock`,
     # and TOTP codes as an authenticator app shows them, by nslookup and by ping.
-    step = code_step(time.time())
-    ends = (step + 2) * STEP
+    step = step_for(time.time(), SEQUENCE_REACH)
     printed = k.world.alice.run([*SPA, "token", "--key", str(served.key_path("sequence")), "--via", "sequence",
                                  "--at", str(step * STEP)], timeout=30).stdout.split()
     at_once(original(k, "sequence", "sequence", "tcp[tcpflags] & tcp-syn != 0 and tcp dst portrange 20000-59999",
-                     ["knock", "-d", "50", SERVER, *printed], 3, ends, code=True))
+                     ["knock", "-d", "50", SERVER, *printed], 3, ends(step, SEQUENCE_REACH), code=True))
+    step = step_for(time.time(), TOTP_REACH)
     label = otp.to_label("totpdns", totp_code(k, "totpdns", step))
-    at_once(original(k, "totpdns", "dns", "udp dst port 53", ["nslookup", f"{label}.{ZONE}.", SERVER], 2, ends,
-                     code=True))
+    at_once(original(k, "totpdns", "dns", "udp dst port 53", ["nslookup", f"{label}.{ZONE}.", SERVER], 2,
+                     ends(step, TOTP_REACH), code=True))
+    step = step_for(time.time(), TOTP_REACH)
     pattern = otp.to_pattern(client_key(k, "totpping").key_id, totp_code(k, "totpping", step))
     at_once(original(k, "totpping", "icmp", "icmp[icmptype] == icmp-echo",
-                     ["ping", "-c", "1", "-W", "1", "-p", pattern, SERVER], 1, ends, code=True))
+                     ["ping", "-c", "1", "-W", "1", "-p", pattern, SERVER], 1, ends(step, TOTP_REACH), code=True))
     yield replays
     served.stop()
 
@@ -234,10 +259,7 @@ def test_a_copy_at_once_is_the_same_knock_from_alice_and_nothing_from_bob(replay
 
 def test_copies_later_in_the_window_are_replays_from_anywhere(replays: Replays) -> None:
     r = replays
-    # Past the repeat window of every original, and past every grant: a new
-    # grant would show as an open port for alice too.
-    time.sleep(max(0.0, max(knock.accepted for knock in r.knocks) + REPEAT_WINDOW + 0.5 - time.time()))
-    assert wait_until(lambda: live_grants(r.k.served, r.k.world.server) == [], GRANT + 5, 0.2)
+    r.settled()
     r.still_in_window()
     offset = r.resend_all()
     r.replayed(offset)
@@ -246,6 +268,7 @@ def test_copies_later_in_the_window_are_replays_from_anywhere(replays: Replays) 
 
 def test_copies_after_a_clean_restart_are_replays(replays: Replays) -> None:
     r = replays
+    r.settled()
     assert r.k.served.stop() == 0
     r.k.served.start()
     r.still_in_window()
@@ -256,13 +279,14 @@ def test_copies_after_a_clean_restart_are_replays(replays: Replays) -> None:
 
 def test_copies_after_sigkill_and_a_restart_are_replays(replays: Replays) -> None:
     r = replays
+    r.settled()
     served = r.k.served
     assert served.process is not None
     worker = served.worker_pid()
     served.signal(signal.SIGKILL)
     served.process.wait(timeout=10)
     # The worker dies with the supervisor; the grant table goes with its socket.
-    assert wait_until(lambda: not Path(f"/proc/{worker}").exists(), 5, 0.05), "the worker outlived SIGKILL"
+    assert wait_until(lambda: not running(worker), 5, 0.05), "the worker outlived SIGKILL of spa"
     assert r.k.probe() == "dropped"
     served.start()
     r.still_in_window()
