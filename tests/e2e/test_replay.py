@@ -32,11 +32,12 @@ import pytest
 from spa.client import tokens
 from spa.core import otp
 from spa.core.keys import ClientKey, load_client_key
-from world import need_netns
+from world import Agent, need_netns
 from world.daemon import ZONE
 from world.knocking import SERVER, Knocking, prepare
 from world.netns import wait_until
-from world.replay import counters, empty_pcap, live_grants, tapped
+from world.replay import counters, empty_pcap, live_grants, pcap_count, tapped
+from world.resolver import RESOLVER, add_resolver
 
 pytestmark = pytest.mark.netns
 
@@ -67,6 +68,8 @@ class Knock:
     expires: float  # the first wall-clock second at which the server finds it stale
     accepted: float  # when the original was accepted (the log said so)
     code: bool = False  # a one-time code or sequence: expiry reads as "no such code", not "stale"
+    origin: str = ALICE  # where the original came from: a copy from there is "the same address"
+    named: bool = False  # an extended token: it names alice, wherever it comes from
 
     @property
     def decisions(self) -> int:
@@ -77,13 +80,14 @@ class Knock:
 class Replays:
     k: Knocking
     knocks: list[Knock]
+    senders: dict[str, Agent]  # an agent at each origin, for copies from the same address
 
     def log(self) -> str:
         return self.k.served.log()
 
     def resend(self, knock: Knock) -> None:
-        """The capture again from alice (as captured) and from bob (source rewritten)."""
-        sent = self.k.alice.call("resend", pcap=str(knock.pcap))["sent"]
+        """The capture again from its origin (as captured) and from bob (source rewritten)."""
+        sent = self.senders[knock.origin].call("resend", pcap=str(knock.pcap))["sent"]
         assert sent == knock.packets
         sent = self.k.bob.call("resend", pcap=str(knock.pcap), source=BOB, destination=BOB_SERVER)["sent"]
         assert sent == knock.packets
@@ -116,11 +120,11 @@ class Replays:
         assert self.k.probe(self.k.bob) == "dropped", "a replay opened the port for bob"
         assert self.k.probe() == "dropped", "a replay opened the port for alice again"
 
-    def replayed(self, offset: int, sources: tuple[str, ...] = (ALICE, BOB)) -> None:
-        """Every capture, from each of ``sources``, is logged as a replayed token."""
+    def replayed(self, offset: int) -> None:
+        """Every capture, from its origin and from bob, is logged as a replayed token."""
         self.await_lines(offset, {
             f"rejected key {knock.key} from {source} via {knock.carrier}: replayed token": knock.decisions
-            for knock in self.knocks for source in sources
+            for knock in self.knocks for source in (knock.origin, BOB)
         })
 
     def settled(self) -> None:
@@ -158,14 +162,16 @@ def ends(step: int, reach: int) -> int:
 
 
 def original(k: Knocking, key: str, carrier: str, expression: str, argv: list[str], packets: int,
-             expires: float, code: bool = False) -> Knock:
-    """Knock from alice while tcpdump on the server's link to alice keeps the packets."""
+             expires: float, code: bool = False, origin: str = ALICE) -> Knock:
+    """Knock from alice while tcpdump on the server's link from ``origin`` keeps the packets."""
     pcap = k.served.directory / f"{key}.pcap"
-    with tapped(k.world, k.world.server, "client1", f"src host {ALICE} and {expression}", pcap, packets):
+    link = "client1" if origin == ALICE else "resolver"
+    with tapped(k.world, k.world.server, link, f"src host {origin} and {expression}", pcap, packets):
         result = k.world.alice.run(argv, check=False, timeout=30)
-    assert k.served.wait_log(f"accepted {key} via {carrier}: {ALICE} tcp/22", 5), (
+    via = "" if origin == ALICE else f" from {origin}"
+    assert k.served.wait_log(f"accepted {key} via {carrier}{via}: {ALICE} tcp/22", 5), (
         result.stdout + result.stderr + k.served.log())
-    return Knock(key, carrier, pcap, packets, expires, time.time(), code)
+    return Knock(key, carrier, pcap, pcap_count(pcap), expires, time.time(), code, origin, origin != ALICE)
 
 
 def client_key(k: Knocking, name: str) -> ClientKey:
@@ -180,22 +186,24 @@ def totp_code(k: Knocking, key: str, step: int) -> str:
 @pytest.fixture(scope="module")
 def replays(request: pytest.FixtureRequest) -> Iterator[Replays]:
     """spa serving; one original knock per carrier, each captured and re-sent at once."""
-    need_netns("nft", "ping", "dig", "nslookup", "knock", "tcpdump", libraries=("nftables",))
+    need_netns("nft", "ping", "dig", "nslookup", "knock", "tcpdump", "unbound", libraries=("nftables",))
     k = prepare(request, statics=FIXED)
     served = k.served
     served.edit("time_window = 60", f"time_window = {TIME_WINDOW}")
     served.edit("repeat_window = 30", f"repeat_window = {REPEAT_WINDOW}")
     served.edit("seconds = 3 ", f"seconds = {GRANT} ")
-    for name in ("dns", "udp", "sequence"):
+    for name in ("dns", "udp", "resolver", "sequence"):
         served.keygen(name)
     for name in ("totpdns", "totpping"):
         served.keygen(name, "--totp")
     served.start()
+    resolver = k.world.agent(add_resolver(k.world, ZONE, served.directory))  # type: ignore[arg-type]
     # Load scapy in both agents now, so that "at once" below is at once.
     empty = empty_pcap(served.directory / "empty.pcap")
-    assert k.alice.call("resend", pcap=str(empty))["sent"] == k.bob.call("resend", pcap=str(empty))["sent"] == 0
+    for agent in (k.alice, k.bob, resolver):
+        assert agent.call("resend", pcap=str(empty))["sent"] == 0
     k.closed_before()
-    replays = Replays(k, [])
+    replays = Replays(k, [], {ALICE: k.alice, RESOLVER: resolver})
     alice = ipaddress.ip_address(ALICE)
 
     def at_once(knock: Knock) -> None:
@@ -215,6 +223,12 @@ def replays(request: pytest.FixtureRequest) -> Iterator[Replays]:
     at_once(original(k, "udp", "udp", "udp dst port 62201",
                      [*SPA, "knock", "--key", str(served.key_path("udp")), "--via", "udp", "--no-wait", SERVER],
                      1, now + TIME_WINDOW + 1))
+    # Through the resolver: `spa knock` makes an extended token (naming alice)
+    # for a DNS server that is not the target; Unbound passes it on.
+    now = int(time.time())
+    at_once(original(k, "resolver", "dns", "udp dst port 53",
+                     [*SPA, "knock", "--key", str(served.key_path("resolver")), "--via", "dns", "--dns-server", RESOLVER,
+                      "--no-wait", SERVER], 1, now + TIME_WINDOW + 1, origin=RESOLVER))
     # Then the 30 s steps: a one-time sequence from `spa token`, sent by `knock`,
     # and TOTP codes as an authenticator app shows them, by nslookup and by ping.
     step = step_for(time.time(), SEQUENCE_REACH)
@@ -242,15 +256,20 @@ def test_a_copy_at_once_is_the_same_knock_from_alice_and_nothing_from_bob(replay
     r.await_lines(0, {
         f"rejected key {knock.key} from {BOB} via {knock.carrier}: "
         f"{'bad authenticator' if knock.carrier == 'udp' else 'replayed token'}": knock.decisions
-        for knock in r.knocks
+        for knock in r.knocks if not knock.named
     })
-    # From alice: the same knock again, counted as a duplicate, neither logged nor granted.
+    # From the same address: the same knock again, counted as a duplicate,
+    # neither logged nor granted. So is a copy of an extended token from
+    # anywhere: it names alice, and alice has had her grant.
     counts = counters(r.k.served)
     assert counts["gate.accepted"] == len(r.knocks), counts
     repeats_in_originals = sum(knock.decisions - 1 for knock in r.knocks)  # nslookup asks twice
-    assert counts["gate.duplicate"] == repeats_in_originals + sum(knock.decisions for knock in r.knocks), counts
+    copies = sum(knock.decisions * (2 if knock.named else 1) for knock in r.knocks)
+    assert counts["gate.duplicate"] == repeats_in_originals + copies, counts
     log = r.log()
-    assert not [line for line in log.splitlines() if line.startswith("rejected") and f"from {ALICE}" in line], log
+    origins = [f"from {origin} " for origin in r.senders]
+    assert not [line for line in log.splitlines() if line.startswith("rejected") and any(o in line for o in origins)]
+    assert not [line for line in log.splitlines() if line.startswith("rejected key resolver")], log
     for knock in r.knocks:
         assert log.count(f"accepted {knock.key} via {knock.carrier}") == 1, log
     assert {grant.address for grant in live_grants(r.k.served, r.k.world.server)} <= {ALICE}
@@ -306,7 +325,7 @@ def test_copies_after_the_window_are_stale(replays: Replays) -> None:
     r.await_lines(offset, {
         f"rejected key {knock.key} from {source} via {knock.carrier}: "
         f"{'wrong one-time code' if knock.code else 'outside time window'}": knock.decisions
-        for knock in r.knocks if knock.carrier != "sequence" for source in (ALICE, BOB)
+        for knock in r.knocks if knock.carrier != "sequence" for source in (knock.origin, BOB)
     })
     ports = sum(2 * knock.packets for knock in r.knocks if knock.carrier == "sequence")
     assert wait_until(lambda: counters(r.k.served)["packets.sequence"] >= before.get("packets.sequence", 0) + ports,
