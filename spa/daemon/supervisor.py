@@ -229,12 +229,13 @@ class Supervisor:
 
     def _spawn(self) -> None:
         read, write = os.pipe()
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the supervisor's code
             status = 70
             try:
                 os.close(read)
-                status = _worker_main(self.config, self.keyring, self.listeners, write, self.account)
+                status = _worker_main(self.config, self.keyring, self.listeners, write, self.account, supervisor)
             except BaseException as problem:  # noqa: BLE001 - report anything, then leave
                 log.error(f"worker failed: {problem}")
             finally:
@@ -361,12 +362,12 @@ def _prepare_state(directory: Path, account: privdrop.Account | None) -> None:
 
 
 def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, pipe: int,
-                 account: privdrop.Account | None) -> int:
+                 account: privdrop.Account | None, supervisor: int) -> int:
     """In the forked child: shed everything privileged, then serve."""
     signal.set_wakeup_fd(-1)
     for number in (signal.SIGCHLD, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)
-    privdrop.die_with_parent()
+    privdrop.die_with_parent(supervisor)
     assert listeners is not None
     # The state directory is opened here, as root: the ledger then works
     # relative to it, and the worker needs no access to the directories above.
@@ -378,6 +379,7 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
     os.umask(0o077)
     if account is not None:
         privdrop.drop(account)
+        privdrop.die_with_parent(supervisor)  # the new credentials cleared the first request
     try:
         ledger = FileLedger(config.state_dir / LEDGER, ledger_retention(config), directory=state)
     except PermissionError as problem:

@@ -6,8 +6,9 @@ each by its own key so the log lines stay apart, is captured with tcpdump
 on the server's link (an eavesdropper on the path) and re-sent with scapy:
 from the address it came from, and from bob's with the source rewritten and
 the checksums computed afresh. The copies go out at once, later inside the
-time window, after a clean restart of spa, after SIGKILL of spa and a
-restart, and after the window has passed. Each time: no new grant for
+time window, after SIGKILL of spa (the supervisor and its worker at once,
+then the supervisor alone) and a restart, after a clean restart, and after
+the window has passed. Each time: no new grant for
 anyone (``spa status``, probes from alice and bob, the worker's counters),
 and the log says why. A fixed knockd-style sequence is shown for contrast:
 its copies do open, by design. The verdicts are tabled in docs/gate.md.
@@ -22,6 +23,7 @@ waiting for the tokens and the 30 s code steps to expire.
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import sys
 import time
@@ -294,29 +296,61 @@ def test_copies_later_in_the_window_are_replays_from_anywhere(replays: Replays) 
     r.nobody_granted_again(offset)
 
 
-def test_copies_after_a_clean_restart_are_replays(replays: Replays) -> None:
+def test_copies_after_sigkill_of_spa_and_its_worker_are_replays(replays: Replays) -> None:
+    """SIGKILL of the whole service at once, as systemd's KillMode=control-group
+    or the OOM killer does it. The worker is frozen first so that it cannot tidy
+    up on its way out, and it is the process that accepted the originals: the
+    ledger must already be in the file, not in a buffer."""
     r = replays
     r.settled()
-    assert r.k.served.stop() == 0
-    r.k.served.start()
+    served = r.k.served
+    assert served.process is not None
+    worker = served.worker_pid()
+    os.kill(worker, signal.SIGSTOP)
+    served.signal(signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
+    served.process.wait(timeout=10)
+    assert wait_until(lambda: not running(worker), 5, 0.05)
+    assert r.k.probe() == "dropped"  # the guard stays while spa is down
+    served.start()
     r.still_in_window()
     offset = r.resend_all()
     r.replayed(offset)
     r.nobody_granted_again(offset)
 
 
-def test_copies_after_sigkill_and_a_restart_are_replays(replays: Replays) -> None:
+def test_copies_after_sigkill_of_the_supervisor_are_replays(replays: Replays) -> None:
+    """SIGKILL of the supervisor alone: the worker ends by itself at once (it
+    asked the kernel for a signal when its parent dies), and a restart finds
+    the ledger.
+
+    Killed just after the worker's periodic report reached the supervisor
+    (status.json is rewritten): an orphan that missed the signal would run on
+    until its next report, 5 s later, found the pipe broken."""
     r = replays
     r.settled()
     served = r.k.served
     assert served.process is not None
     worker = served.worker_pid()
+    status = served.directory / "state" / "status.json"
+    last = status.stat().st_mtime_ns if status.exists() else 0
+    assert wait_until(lambda: status.exists() and status.stat().st_mtime_ns != last, 10, 0.01)
     served.signal(signal.SIGKILL)
     served.process.wait(timeout=10)
-    # The worker dies with the supervisor; the guard stays while spa is down.
-    assert wait_until(lambda: not running(worker), 5, 0.05), "the worker outlived SIGKILL of spa"
+    assert wait_until(lambda: not running(worker), 3, 0.05), "the worker outlived SIGKILL of spa"
     assert r.k.probe() == "dropped"
     served.start()
+    r.still_in_window()
+    offset = r.resend_all()
+    r.replayed(offset)
+    r.nobody_granted_again(offset)
+
+
+def test_copies_after_a_clean_restart_are_replays(replays: Replays) -> None:
+    r = replays
+    r.settled()
+    assert r.k.served.stop() == 0
+    r.k.served.start()
     r.still_in_window()
     offset = r.resend_all()
     r.replayed(offset)
