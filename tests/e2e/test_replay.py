@@ -259,7 +259,7 @@ def replays(request: pytest.FixtureRequest) -> Iterator[Replays]:
     served.stop()
 
 
-def test_a_copy_at_once_is_the_same_knock_from_alice_and_nothing_from_bob(replays: Replays) -> None:
+def test_a_copy_at_once_is_a_duplicate_from_its_origin_and_refused_from_bob(replays: Replays) -> None:
     r = replays
     # From bob: a replay. The datagram's AEAD binds alice's address, so inside
     # the repeat window (the ledger lets a same-address repeat through to the
