@@ -51,9 +51,18 @@ def _prctl(option: int, value: int) -> None:
         raise PrivilegeError(f"prctl({option}) failed: {os.strerror(ctypes.get_errno())}")
 
 
-def die_with_parent() -> None:
-    """Ask the kernel to end this process when its parent (the supervisor) dies."""
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel to end this process when its parent (the supervisor) dies.
+
+    Call it again after :func:`drop`: changing the effective or filesystem
+    user or group clears the request (prctl(2)), and a worker that outlived
+    its supervisor would keep reading knocks that nobody can grant until its
+    next write to the pipe fails. Raises if ``parent`` has already gone (the
+    request only covers a death after it is made).
+    """
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        raise PrivilegeError("the supervisor died before the worker was set to follow it")
 
 
 def drop(to: Account) -> None:

@@ -276,12 +276,13 @@ class Supervisor:
 
     def _spawn(self) -> None:
         read, write = os.pipe()
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the supervisor's code
             status = 70
             try:
                 os.close(read)
-                status = _worker_main(self.config, self.keyring, self.listeners, write, self.account)
+                status = _worker_main(self.config, self.keyring, self.listeners, write, self.account, supervisor)
             except BaseException as problem:  # noqa: BLE001 - report anything, then leave
                 log.error(f"worker failed: {problem}")
             finally:
@@ -436,12 +437,12 @@ def _prepare_state(directory: Path, account: privdrop.Account | None) -> None:
 
 
 def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, pipe: int,
-                 account: privdrop.Account | None) -> int:
+                 account: privdrop.Account | None, supervisor: int) -> int:
     """In the forked child: shed everything privileged, then serve."""
     signal.set_wakeup_fd(-1)
     for number in (signal.SIGCHLD, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)
-    privdrop.die_with_parent()
+    privdrop.die_with_parent(supervisor)
     assert listeners is not None
     # The state directory is opened here, as root: the ledger then works
     # relative to it, and the worker needs no access to the directories above.
@@ -451,15 +452,9 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
         keep |= {s.fileno() for s in listeners.capture.sockets()}
     _close_other_fds(keep)  # the firewall's netlink socket above all
     os.umask(0o077)
-    supervisor = os.getppid()
     if account is not None:
         privdrop.drop(account)
-        # The kernel clears the parent-death signal when the credentials
-        # change: without this a worker outlives a killed supervisor, still
-        # holding the sockets and consuming knocks nobody grants.
-        privdrop.die_with_parent()
-        if os.getppid() != supervisor:  # it died before we asked
-            return 0
+        privdrop.die_with_parent(supervisor)  # the new credentials cleared the first request
     try:
         # The worker syncs the ledger itself, after sending a grant and
         # before the supervisor may apply it (worker.Worker._release).

@@ -68,7 +68,10 @@ class Served:
         self.config.write_text(text.replace(old, new, 1))
 
     def start(self, timeout: float = 15, env: dict[str, str] | None = None) -> None:
-        """Start serving (``env``: the whole environment, if not ours); return once it serves."""
+        """Start ``spa serve`` (``env``: the whole environment, if not ours) and wait
+        for its banner; the log is appended to, so a restart on the same
+        directory waits for a banner after the old ones."""
+        before = len(self.log())
         log = open(self.log_path, "a")  # noqa: SIM115 - the child holds its own copy
         self.process = subprocess.Popen(
             self.exec_argv([*SPA, "serve", "--config", str(self.config)]),
@@ -77,7 +80,7 @@ class Served:
         log.close()
         self.adopt(self.process)
         process = self.process
-        if not wait_until(lambda: "serving " in self.log() or process.poll() is not None, timeout):
+        if not wait_until(lambda: "serving " in self.log()[before:] or process.poll() is not None, timeout):
             raise RuntimeError(f"spa serve did not start:\n{self.log()}")
         if process.poll() is not None:
             raise RuntimeError(f"spa serve exited {process.returncode}:\n{self.log()}")
@@ -102,7 +105,8 @@ class Served:
         return self.process.wait(timeout=timeout)
 
     def worker_pid(self) -> int:
-        for line in self.log().splitlines():
+        """The worker of the latest start (the log keeps earlier runs' banners too)."""
+        for line in reversed(self.log().splitlines()):
             if line.startswith("serving ") and " worker " in line:
                 return int(line.rsplit(" worker ", 1)[1].split()[0])
         raise RuntimeError(f"no worker pid in the log:\n{self.log()}")

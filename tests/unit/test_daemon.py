@@ -234,3 +234,32 @@ def test_supervisor_applies_a_grant_only_after_the_workers_synced(setup: tuple[P
     for number in range(MAX_HELD + 5):  # a subverted worker cannot pile up grants
         supervisor._handle(Grant(ipaddress.ip_address(f"198.51.101.{number}"), SSH, 30, "alice", Carrier.UDP))
     assert len(supervisor.held) == MAX_HELD
+
+
+def test_die_with_parent_arms_the_signal_and_refuses_a_parent_already_gone() -> None:
+    """The worker asks for SIGTERM when the supervisor dies (again after dropping
+    privilege, which clears the request); a supervisor already gone is an error.
+    Checked in a forked child: the request is per process."""
+    import ctypes
+    import os
+    import signal
+
+    from spa.daemon import privdrop
+
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 1
+        try:
+            privdrop.die_with_parent(os.getppid())
+            armed = ctypes.c_int()
+            ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(armed), 0, 0, 0)  # PR_GET_PDEATHSIG
+            try:
+                privdrop.die_with_parent(os.getppid() + 1)  # not our parent: "already gone"
+                refused = False
+            except privdrop.PrivilegeError:
+                refused = True
+            code = 0 if armed.value == signal.SIGTERM and refused else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -7,7 +7,7 @@ owned table go with it); on a client it makes TCP connections, and can keep
 one open to show that established sessions survive.
 
 Ops: backend, install, grant, revoke, live, uninstall, close, probe,
-connect, echo, disconnect. Every socket operation has a timeout.
+connect, echo, disconnect, resend. Every socket operation has a timeout.
 """
 
 from __future__ import annotations
@@ -51,6 +51,38 @@ def probe(host: str, port: int, timeout: float, source: str | None) -> str:
             return "dropped"
         except ConnectionRefusedError:
             return "refused"
+
+
+def resend(pcap: str, source: str | None, destination: str | None, gap: float) -> int:
+    """Send the IPv4 packets of a tcpdump capture again, as an eavesdropper would.
+
+    ``source``/``destination`` rewrite the addresses (a replay from another
+    host); the IP, TCP, UDP and ICMP checksums are then computed afresh, so
+    the copy is a valid packet from its new source. Everything else (ports,
+    IP id, TTL, payload) is sent as captured. Returns how many were sent.
+    """
+    # Imported here: only replay tests need scapy, and it takes ~0.5 s to load.
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.utils import rdpcap
+
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+        for frame in rdpcap(pcap):
+            if IP not in frame:
+                continue
+            packet = frame[IP].copy()
+            if source:
+                packet.src = source
+            if destination:
+                packet.dst = destination
+            del packet.chksum
+            for layer in (TCP, UDP, ICMP):
+                if layer in packet:
+                    del packet[layer].chksum
+            sock.sendto(bytes(packet), (packet.dst, 0))
+            sent += 1
+            time.sleep(gap)
+    return sent
 
 
 class Agent:
@@ -123,6 +155,9 @@ class Agent:
                     break
                 received += chunk
             return {"data": received.decode(errors="replace")}
+        if op == "resend":
+            return {"sent": resend(request["pcap"], request.get("source"), request.get("destination"),
+                                   float(request.get("gap", 0.02)))}
         if op == "disconnect":
             self.connections.pop(request["id"]).close()
             return {}
