@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,19 +39,36 @@ class Discard:
     """The ledger could not be synced: drop every grant held, apply none."""
 
 
-Message = Grant | Stats | Synced | Discard
+@dataclass(frozen=True)
+class Timed:
+    """A grant and the arrival time of the knock that earned it.
+
+    The grant ends at ``at + grant.seconds`` however late the supervisor
+    applies it (stopped, busy, or waiting for Synced): a knock accepted
+    while the supervisor was stopped cannot open a port minutes later for
+    the full length. A lying worker can only shorten grants (the supervisor
+    never counts ``at`` later than its own clock).
+    """
+
+    grant: Grant
+    at: float
+
+
+Message = Timed | Stats | Synced | Discard
 
 
 def encode(message: Message) -> bytes:
-    if isinstance(message, Grant):
+    if isinstance(message, Timed):
+        grant = message.grant
         body: dict[str, Any] = {
             "grant": {
-                "address": str(message.address),
-                "request": str(message.request),
-                "seconds": message.seconds,
-                "key": message.key,
-                "carrier": message.carrier.value,
-                "single_use": message.single_use,
+                "address": str(grant.address),
+                "request": str(grant.request),
+                "seconds": grant.seconds,
+                "key": grant.key,
+                "carrier": grant.carrier.value,
+                "single_use": grant.single_use,
+                "at": message.at,
             }
         }
     elif isinstance(message, Stats):
@@ -87,7 +105,10 @@ def decode(line: bytes) -> Message | None:
             return None
         if not isinstance(key, str) or not isinstance(single_use, bool):
             return None
-        return Grant(
+        at = fields["at"]
+        if not isinstance(at, (int, float)) or isinstance(at, bool) or not math.isfinite(at):
+            return None
+        grant = Grant(
             address=ipaddress.ip_address(fields["address"]),
             request=Request.parse(fields["request"]),
             seconds=seconds,
@@ -95,6 +116,7 @@ def decode(line: bytes) -> Message | None:
             carrier=Carrier(fields["carrier"]),
             single_use=single_use,
         )
+        return Timed(grant, float(at))
     except (ValueError, KeyError, TypeError):
         return None
 

@@ -9,6 +9,7 @@ Replay state lives in the ledger file, so it survives both.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,6 @@ from pathlib import Path
 
 from spa.core import config as config_module
 from spa.core.config import Config
-from spa.core.events import Grant
 from spa.core.keyring import Keyring
 from spa.core.ledger import FileLedger
 from spa.errors import SpaError
@@ -120,7 +120,7 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.crashes: list[float] = []
         self.granted = 0
-        self.held: list[Grant] = []  # re-checked grants waiting for the worker's Synced
+        self.held: list[messages.Timed] = []  # re-checked grants waiting for the worker's Synced
         self.watch: NftWatch | None = None
         self.clock = ClockWatch(time.time, time.monotonic, self.config.gate.time_window)
         self._checked = 0.0  # time.monotonic() of the last guard check
@@ -326,15 +326,15 @@ class Supervisor:
             self._write_status(message.counts)
         elif isinstance(message, messages.Synced):
             held, self.held = self.held, []
-            for grant in held:
-                self._apply(grant)
+            for timed in held:
+                self._apply(timed)
         elif isinstance(message, messages.Discard):
             if self.held:
                 log.error(f"dropped {len(self.held)} grant(s): the worker could not make their tokens durable")
             self.held = []
         else:
             # Checked now, while the worker fsyncs the ledger; applied on Synced.
-            why = recheck.refusal(message, self.keyring, self.config.firewall)
+            why = recheck.refusal(message.grant, self.keyring, self.config.firewall)
             if why:
                 log.error(f"refused a grant the worker asked for: {why}")
             elif len(self.held) >= MAX_HELD:
@@ -342,7 +342,17 @@ class Supervisor:
             else:
                 self.held.append(message)
 
-    def _apply(self, grant: Grant) -> None:
+    def _apply(self, timed: messages.Timed) -> None:
+        """Apply a held grant for what is left of it: it ends when its knock's grant would have."""
+        grant = timed.grant
+        late = max(0.0, time.time() - timed.at)
+        left = round(grant.seconds - late)
+        if left < 1:
+            log.error(f"dropped the grant of {grant.request} to {grant.address} ({grant.key}): "
+                      f"its knock arrived {late:.0f} s ago and the grant would have ended (was spa stopped?)")
+            return
+        if left < grant.seconds:
+            grant = dataclasses.replace(grant, seconds=left)
         assert self.backend is not None
         try:
             self.backend.grant(grant)

@@ -121,7 +121,7 @@ class Worker:
         for knock in candidates:
             decision = self.gate.decide(knock)
             if isinstance(decision, Accepted):
-                return self._release(decision)
+                return self._release(decision, knock.received)
             if isinstance(decision, Duplicate):
                 return decision
             rejections.append(decision)
@@ -131,7 +131,7 @@ class Worker:
             log.info(line)
         return rejection
 
-    def _release(self, decision: Accepted) -> Decision:
+    def _release(self, decision: Accepted, received: float) -> Decision:
         """Send the grants, then make their ledger records durable, then say so.
 
         The supervisor re-checks the grants while the fsync runs (the two
@@ -139,7 +139,7 @@ class Worker:
         a token whose record could not be made durable opens nothing.
         """
         for grant in decision.grants:
-            self.emit(grant)
+            self.emit(messages.Timed(grant, received))
         try:
             self.gate.ledger.sync()
         except OSError as problem:

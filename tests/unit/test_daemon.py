@@ -50,7 +50,7 @@ def make_worker(config_path: Path) -> tuple[Worker, list[messages.Message]]:
 # -- messages ------------------------------------------------------------------
 
 def test_grants_and_stats_cross_the_pipe_intact() -> None:
-    grant = Grant(ALICE, SSH, 30, "alice", Carrier.DNS, single_use=True)
+    grant = messages.Timed(Grant(ALICE, SSH, 30, "alice", Carrier.DNS, single_use=True), 1_700_000_000.25)
     assert messages.decode(messages.encode(grant)) == grant
     stats = messages.Stats({"gate.accepted": 3})
     assert messages.decode(messages.encode(stats)) == stats
@@ -64,6 +64,9 @@ def test_grants_and_stats_cross_the_pipe_intact() -> None:
     b'{"grant": {"address": "1.2.3.4", "request": "icmp/1", "seconds": 5, "key": "a", "carrier": "dns", "single_use": false}}',
     b'{"grant": {"address": "1.2.3.4", "request": "tcp/22", "seconds": 5, "key": "a", "carrier": "smoke", "single_use": false}}',
     b'{"grant": {"address": "1.2.3.4", "request": "tcp/22", "seconds": true, "key": "a", "carrier": "dns", "single_use": false}}',
+    b'{"grant": {"address": "1.2.3.4", "request": "tcp/22", "seconds": 5, "key": "a", "carrier": "dns", "single_use": false}}',
+    b'{"grant": {"address": "1.2.3.4", "request": "tcp/22", "seconds": 5, "key": "a", "carrier": "dns", "single_use": false, "at": NaN}}',
+    b'{"grant": {"address": "1.2.3.4", "request": "tcp/22", "seconds": 5, "key": "a", "carrier": "dns", "single_use": false, "at": "now"}}',
     b'{"stats": {"x": 1}}' + b" " * messages.MAX_LINE,
 ])
 def test_malformed_lines_are_dropped(line: bytes) -> None:
@@ -135,7 +138,7 @@ def test_worker_grants_a_ping_once_and_counts_junk(setup: tuple[Path, Path]) -> 
     ping = bytes(IP(src=str(ALICE), dst="192.0.2.1") / ICMP(type=8) / Raw(bytes(16) + token * 3))
     decision = worker.packet(ping, now)
     assert isinstance(decision, Accepted)
-    assert sent == [Grant(ALICE, SSH, 30, "alice", Carrier.ICMP), messages.Synced()]
+    assert sent == [messages.Timed(Grant(ALICE, SSH, 30, "alice", Carrier.ICMP), now), messages.Synced()]
     assert isinstance(worker.packet(ping, now + 1), Duplicate)  # ping's next echo
     assert len(sent) == 2
     junk = bytes(IP(src=str(ALICE), dst="192.0.2.1") / UDP(dport=62201) / Raw(b"x" * 8))
@@ -161,7 +164,7 @@ def test_worker_answers_dns_the_same_and_grants_after(setup: tuple[Path, Path]) 
         worker.label(query.label, ALICE, now)
     assert [r.header.rcode for r in replies] == [0, 0]
     assert [len(r.rr) for r in replies] == [0, 0] and [len(r.auth) for r in replies] == [1, 1]
-    assert sent == [Grant(ALICE, SSH, 30, "alice", Carrier.DNS), messages.Synced()]
+    assert sent == [messages.Timed(Grant(ALICE, SSH, 30, "alice", Carrier.DNS), now), messages.Synced()]
 
 
 def test_worker_counts_dns_it_stays_silent_about(setup: tuple[Path, Path]) -> None:
@@ -187,10 +190,11 @@ def test_worker_completes_fixed_and_one_time_sequences(setup: tuple[Path, Path])
     send("tcp", 7000)
     send("tcp", 7000)  # a retransmitted SYN changes nothing
     assert isinstance(send("udp", 8000), Accepted)
-    assert sent[-2:] == [Grant(ALICE, Request("tcp", 3389), 30, "sequence:office", Carrier.SEQUENCE), messages.Synced()]
+    grant = Grant(ALICE, Request("tcp", 3389), 30, "sequence:office", Carrier.SEQUENCE)
+    assert sent[-2:] == [messages.Timed(grant, now), messages.Synced()]
     ports = tokens.otp_sequence(key, now, SequenceRule())
     decisions = [send("tcp", port) for port in ports]
-    assert isinstance(decisions[-1], Accepted) and sent[-2].key == "alice"
+    assert isinstance(decisions[-1], Accepted) and sent[-2].grant.key == "alice"
 
 
 # -- a grant is applied only once its token is on disk ----------------------------
@@ -212,7 +216,7 @@ def test_worker_withdraws_a_grant_whose_record_cannot_be_made_durable(setup: tup
     decision = worker.packet(ping, now)
     assert isinstance(decision, Rejection) and decision.reason is Reason.STATE_UNWRITABLE
     assert "No space left" in decision.detail
-    assert sent == [Grant(ALICE, SSH, 30, "alice", Carrier.ICMP), messages.Discard()]
+    assert sent == [messages.Timed(Grant(ALICE, SSH, 30, "alice", Carrier.ICMP), now), messages.Discard()]
     worker.packet(ping, now + 1)  # the token stays spent: it can never be granted later
     assert len(sent) == 2
 
@@ -220,20 +224,37 @@ def test_worker_withdraws_a_grant_whose_record_cannot_be_made_durable(setup: tup
 def test_supervisor_applies_a_grant_only_after_the_workers_synced(setup: tuple[Path, Path]) -> None:
     supervisor = Supervisor(setup[0])  # the dry-run backend: no root, no kernel state
     backend = supervisor.backend = open_backend(supervisor.config.firewall)
-    grant = Grant(ALICE, SSH, 30, "alice", Carrier.UDP)
-    supervisor._handle(grant)
-    assert backend.live() == [] and supervisor.held == [grant]  # checked, held
+
+    def timed(address: str = "198.51.100.7", key: str = "alice", late: float = 0.0) -> messages.Timed:
+        return messages.Timed(Grant(ipaddress.ip_address(address), SSH, 30, key, Carrier.UDP), time.time() - late)
+
+    first = timed()
+    supervisor._handle(first)
+    assert backend.live() == [] and supervisor.held == [first]  # checked, held
     supervisor._handle(messages.Synced())
     assert [(g.address, g.request) for g in backend.live()] == [(ALICE, SSH)]
-    other = Grant(ipaddress.ip_address("198.51.100.8"), SSH, 30, "alice", Carrier.UDP)
-    supervisor._handle(other)
+    supervisor._handle(timed("198.51.100.8"))
     supervisor._handle(messages.Discard())
     supervisor._handle(messages.Synced())  # a Synced after Discard releases nothing
     assert len(backend.live()) == 1 and supervisor.granted == 1
-    supervisor._handle(Grant(ALICE, SSH, 30, "mallory", Carrier.UDP))  # refused at once, never held
+    supervisor._handle(timed(key="mallory"))  # refused at once, never held
     for number in range(MAX_HELD + 5):  # a subverted worker cannot pile up grants
-        supervisor._handle(Grant(ipaddress.ip_address(f"198.51.101.{number}"), SSH, 30, "alice", Carrier.UDP))
+        supervisor._handle(timed(f"198.51.101.{number}"))
     assert len(supervisor.held) == MAX_HELD
+
+
+def test_a_late_grant_gets_only_what_is_left_of_it(setup: tuple[Path, Path]) -> None:
+    """A knock accepted while the supervisor was stopped ends when it would have."""
+    supervisor = Supervisor(setup[0])
+    backend = supervisor.backend = open_backend(supervisor.config.firewall)
+    now = time.time()
+    for address, at in (("198.51.100.1", now - 20), ("198.51.100.2", now - 31), ("198.51.100.3", now + 3600)):
+        supervisor._handle(messages.Timed(Grant(ipaddress.ip_address(address), SSH, 30, "alice", Carrier.UDP), at))
+    supervisor._handle(messages.Synced())
+    left = {str(g.address): g.seconds_left for g in backend.live()}
+    assert set(left) == {"198.51.100.1", "198.51.100.3"}  # the second one had already ended
+    assert 8 <= left["198.51.100.1"] <= 10
+    assert 29 <= left["198.51.100.3"] <= 30  # a time in the future never lengthens a grant
 
 
 def test_die_with_parent_arms_the_signal_and_refuses_a_parent_already_gone() -> None:
