@@ -65,15 +65,23 @@ def decode(line: bytes) -> Message | None:
             return None
         if not isinstance(key, str) or not isinstance(single_use, bool):
             return None
+        if not isinstance(fields["address"], str) or not isinstance(fields["request"], str):
+            return None  # Request.parse(None) would raise AttributeError
+        address = ipaddress.ip_address(fields["address"])
+        if getattr(address, "scope_id", None) is not None:
+            # "fe80::1%eth0": the scope is free text the firewall command would
+            # carry verbatim; no knock ever yields one.
+            return None
         return Grant(
-            address=ipaddress.ip_address(fields["address"]),
+            address=address,
             request=Request.parse(fields["request"]),
             seconds=seconds,
             key=key,
             carrier=Carrier(fields["carrier"]),
             single_use=single_use,
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
+        # RecursionError: json nests arrays as deep as the line allows ("[[[[...").
         return None
 
 
