@@ -382,10 +382,11 @@ def run_dns(world: World, rng: random.Random, count: int, deadline: float) -> Ta
 
 
 def ping_data(pattern: bytes, layout: int, size: int = 56) -> bytes:
-    """Echo data as ``ping -p`` writes it: Linux (16-byte timestamp) or BSD (8-byte)."""
-    start = 16 if layout == 0 else 8
+    """Echo data as ``ping -p`` writes it: Linux (layout 0), BSD (1); docs/carriers.md."""
     stamp = (NOW).to_bytes(8, "little") + (123456).to_bytes(8, "little")
-    return stamp[:start] + bytes(pattern[(k - start) % len(pattern)] for k in range(start, size))
+    if layout == 0:
+        return stamp + bytes(pattern[k % len(pattern)] for k in range(16, size))
+    return stamp[:8] + bytes(pattern[(k - 8) % len(pattern)] for k in range(8, size))
 
 
 def run_icmp(world: World, rng: random.Random, count: int, deadline: float) -> Tally:
