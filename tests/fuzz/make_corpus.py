@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pyotp
-from dnslib import EDNS0, QTYPE, DNSRecord
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from dnslib import EDNS0, DNSRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
