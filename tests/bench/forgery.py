@@ -1,7 +1,9 @@
 """Forgery: random, mutated and insider-forged tokens of every format through the real gate.
 
-Usage: python tests/bench/forgery.py [--count 10000000] [--seconds 900] [--workers N]
-                                     [--formats compact,...] [--otp-hours 24] [--json] [--out FILE]
+Usage: python tests/bench/forgery.py [--count 200000] [--seconds 120] [--workers N]
+                                     [--formats compact,...] [--otp-hours 1] [--seed N] [--json] [--out FILE]
+
+The full run (10 million per format) and its figures: docs/benchmarks.md, "Forgery".
 
 For each token format spa accepts, ``--count`` tokens (half random, half
 mutated valid tokens) plus one insider forgery per 20 of them go through
