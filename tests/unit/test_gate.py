@@ -296,6 +296,28 @@ def test_every_single_bit_flip_of_a_one_time_sequence_is_rejected() -> None:
     assert tried == 48 and len(found) == 1 and isinstance(make_bench().gate.decide(found[0]), Accepted)
 
 
+def test_every_single_bit_flip_of_a_fixed_sequence_completes_nothing() -> None:
+    # A fixed sequence has no secret but its ports (its known weakness); still, a
+    # port one bit off, or the protocol flipped, must not complete it.
+    steps = (Request("tcp", 7000), Request("udp", 8000), Request("tcp", 9000))
+    tracker = Tracker((StaticSequence("door", steps, Policy(open=(SSH,))),))
+    tried = 0
+    for position in range(len(steps)):
+        for bit in range(17):  # 16 port bits, then the protocol
+            mutant = list(steps)
+            step = mutant[position]
+            if bit == 16:
+                mutant[position] = Request("udp" if step.proto == "tcp" else "tcp", step.port)
+            elif step.port ^ (1 << bit):
+                mutant[position] = Request(step.proto, step.port ^ (1 << bit))
+            else:
+                continue
+            source = ipaddress.IPv4Address(0x0A000000 + tried)
+            assert not [k for r in mutant for k in tracker.hit(source, r, NOW)], mutant
+            tried += 1
+    assert tried == 51 and len([k for r in steps for k in tracker.hit(CLIENT, r, NOW)]) == 1
+
+
 # -- datagrams -------------------------------------------------------------
 
 
