@@ -20,6 +20,8 @@ with atheris.instrument_imports(include=["spa"]):
     from spa.core import config
     from spa.errors import ConfigError
 
+# One small directory per process in $TMPDIR (test_fuzz.py points TMPDIR at
+# pytest's own temporary directory); libFuzzer exits without Python's clean-up.
 PATH = Path(tempfile.mkdtemp(prefix="spa-fuzz-config-")) / "spa.toml"
 
 

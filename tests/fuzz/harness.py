@@ -50,20 +50,27 @@ SERVER6 = ipaddress.ip_address("2001:db8::1")
 DOOR = ("tcp/7000", "udp/8000", "tcp/9000")
 
 
-def _config() -> config_module.Config:
-    """The configuration ``spa init`` writes, with every carrier on and one fixed sequence."""
-    directory = Path(tempfile.mkdtemp(prefix="spa-fuzz-"))
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = main(["init", "--dir", str(directory), "--protect", "tcp/22,tcp/3389", "--zone", ZONE,
-                     "--backend", "dry-run"])
-    assert code == 0, "spa init failed"
-    path = directory / "spa.toml"
-    ports = ", ".join(f'"{p}"' for p in DOOR)
-    path.write_text(path.read_text() + f'\n[sequences.door]\nports = [{ports}]\nopen = ["tcp/22"]\n')
-    return config_module.load(path)
+def _config() -> tuple[config_module.Config, str]:
+    """The configuration ``spa init`` writes, with every carrier on and one fixed sequence, and its text.
+
+    Made in a directory removed at once: the worker never reads the files
+    the config names (keys come from KEYRING below), and libFuzzer's exit
+    would skip any clean-up registered for later.
+    """
+    with tempfile.TemporaryDirectory(prefix="spa-fuzz-") as name:
+        directory = Path(name) / "srv"
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["init", "--dir", str(directory), "--protect", "tcp/22,tcp/3389", "--zone", ZONE,
+                         "--backend", "dry-run"])
+        assert code == 0, "spa init failed"
+        path = directory / "spa.toml"
+        ports = ", ".join(f'"{p}"' for p in DOOR)
+        path.write_text(path.read_text() + f'\n[sequences.door]\nports = [{ports}]\nopen = ["tcp/22"]\n')
+        # The file names its own directory in a comment; a stable name keeps corpus seeds stable.
+        return config_module.load(path), path.read_text().replace(str(directory), "/etc/spa")
 
 
-CONFIG = _config()
+CONFIG, CONFIG_TEXT = _config()
 _POLICY = dataclasses.replace(CONFIG.policy, allow_unbound=True)
 KEYRING = Keyring(
     OBFUSCATION_KEY,

@@ -146,8 +146,7 @@ def sequence_seeds() -> dict[str, bytes]:
 
 
 def config_seeds() -> dict[str, bytes]:
-    # The temporary directory spa init wrote to is named in a comment: keep the seed stable.
-    text = harness.CONFIG.path.read_text().replace(str(harness.CONFIG.path.parent), "/etc/spa")
+    text = harness.CONFIG_TEXT
     return {
         "init": text.encode(),
         "minimal": b'[firewall]\nprotect = ["tcp/22"]\n[policy]\nopen = ["tcp/22"]\n',

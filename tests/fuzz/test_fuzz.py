@@ -10,6 +10,7 @@ committed corpus. Longer campaigns: docs/fuzzing.md.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -33,7 +34,9 @@ def test_fuzz_target_runs_without_a_crash(target: str, tmp_path: Path) -> None:
     command = [sys.executable, str(HERE / f"fuzz_{target}.py"), str(found), str(HERE / "corpus" / target),
                f"-runs={RUNS}", f"-max_total_time={SECONDS}", f"-artifact_prefix={artifacts}/",
                "-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS * 10 + 60, check=False)
+    # TMPDIR: whatever the harness leaves in a temporary directory goes with tmp_path.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS * 10 + 60, check=False,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
     log = result.stderr
     seed = re.search(r"Seed: (\d+)", log)
     crashes = sorted(p.name for p in artifacts.iterdir())
