@@ -77,15 +77,23 @@ def _address(family: int, packed: bytes) -> IPAddress | None:
 
 
 def parse_server(text: str) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port)."""
+    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port); ValueError for a bad port."""
     text = text.strip()
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
+        return host, _port(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
     if text.count(":") == 1:
         host, port = text.split(":")
-        return host, int(port)
+        return host, _port(port)
     return text, DEFAULT_PORT
+
+
+def _port(text: str) -> int:
+    # getaddrinfo takes a port modulo 65536 (70000 would ask port 4464), and
+    # int() reads any Unicode digit: accept only what a person means.
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise ValueError(f"STUN port must be 1-65535, not {text!r}")
+    return int(text)
 
 
 def public_address(servers: Sequence[str], timeout: float = 1.0, tries: int = 2) -> IPAddress:

@@ -65,7 +65,13 @@ class Lockout:
     def fail(self, key: Hashable, now: float) -> bool:
         """Count a failure; True when this one starts a lockout."""
         strikes = self._strikes.pop(key, None)
-        if strikes is None or (now - strikes.since > self.period and now >= strikes.locked_until):
+        # Counting starts afresh once a lockout has ended, not only once the
+        # period has: otherwise the failures after a lockout (count above the
+        # threshold, still inside the period) would never lock again, and
+        # guessing would be unlimited until the period ran out.
+        if strikes is None or (
+            now >= strikes.locked_until and (strikes.locked_until > 0.0 or now - strikes.since > self.period)
+        ):
             strikes = _Strikes(since=now, count=0, locked_until=0.0)
         strikes.count += 1
         started = strikes.count == self.threshold

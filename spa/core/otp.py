@@ -83,9 +83,11 @@ def _address_from_label(text: str) -> IPAddress | None:
     try:
         if len(parts) == 4 and all(_DIGITS.match(p) for p in parts):
             return ipaddress.IPv4Address(".".join(parts))
-        return ipaddress.IPv6Address(text.replace("-", ":"))
+        address = ipaddress.IPv6Address(text.replace("-", ":"))
     except ValueError:
         return None
+    # A scope ("fe80::1%eth0") names an interface of the sender, not an address to open.
+    return None if address.scope_id is not None else address
 
 
 def _is_code(digits: str) -> bool:

@@ -51,7 +51,9 @@ def _index_lines(text: str) -> dict[tuple[str, ...], int]:
     table: tuple[str, ...] = ()
     array_counts: dict[tuple[str, ...], int] = {}
     depth = 0  # inside a multi-line array, lines are values, not options
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line, as for tomllib and editors: str.splitlines also
+    # breaks at U+2028, form feeds and others, which a comment may hold.
+    for number, line in enumerate(text.split("\n"), start=1):
         stripped = line.split("#", 1)[0] if '"' not in line and "'" not in line else line
         if depth == 0 and (match := _TABLE.match(line)):
             name = _split_key(match.group(2))

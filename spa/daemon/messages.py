@@ -108,8 +108,15 @@ def decode(line: bytes) -> Message | None:
         at = fields["at"]
         if not isinstance(at, (int, float)) or isinstance(at, bool) or not math.isfinite(at):
             return None
+        if not isinstance(fields["address"], str) or not isinstance(fields["request"], str):
+            return None  # Request.parse(None) would raise AttributeError
+        address = ipaddress.ip_address(fields["address"])
+        if getattr(address, "scope_id", None) is not None:
+            # "fe80::1%eth0": the scope is free text the firewall command would
+            # carry verbatim; no knock ever yields one.
+            return None
         grant = Grant(
-            address=ipaddress.ip_address(fields["address"]),
+            address=address,
             request=Request.parse(fields["request"]),
             seconds=seconds,
             key=key,
@@ -117,7 +124,8 @@ def decode(line: bytes) -> Message | None:
             single_use=single_use,
         )
         return Timed(grant, float(at))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
+        # RecursionError: json nests arrays as deep as the line allows ("[[[[...").
         return None
 
 

@@ -6,6 +6,8 @@ import ipaddress
 import tracemalloc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spa.carriers.sequence import Tracker
 from spa.core.events import Accepted, Carrier, Form, Knock, Request, SequenceHit, StaticHit
@@ -321,3 +323,33 @@ def test_watched_merges_ranges_per_protocol() -> None:
     )
     assert knock_ports((), rule, otp=True) == (("tcp", 20000, 59999), ("udp", 20000, 59999))
     assert knock_ports((), rule, otp=False) == ()
+
+
+# -- any traffic -----------------------------------------------------------------
+
+_hits = st.lists(
+    st.tuples(st.integers(0, 3), st.sampled_from(["tcp", "udp"]),
+              st.one_of(st.integers(1, 65535), st.sampled_from([7000, 8000, 9000])),
+              st.floats(min_value=-1e3, max_value=1e6, allow_nan=False)),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_hits, st.integers(1, 4))
+def test_any_hits_give_well_formed_knocks_and_bounded_state(hits: list[tuple[int, str, int, float]],
+                                                            max_sources: int) -> None:
+    # Any order, any times (even going backwards), any ports: the tracker never
+    # raises, every knock it gives names a known sequence, memory stays bounded.
+    bench = make_bench()
+    table = bench.gate.sequences(NOW)
+    tracker = Tracker((DOOR,), max_sources=max_sources)
+    tracker.set_otp(table)
+    for source, proto, port, at in hits:
+        for knock in tracker.hit(ipaddress.IPv4Address(source), Request(proto, port), NOW + at):
+            assert knock.carrier == Carrier.SEQUENCE and knock.received == NOW + at
+            if knock.form == Form.STATIC:
+                assert knock.payload == StaticHit("door")
+            else:
+                assert knock.form == Form.SEQUENCE and knock.payload in table.values()
+        assert len(tracker) <= max_sources

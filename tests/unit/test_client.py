@@ -57,6 +57,39 @@ def test_stun_refuses_other_transactions_and_junk() -> None:
     assert stun.parse_server("stun.example.net") == ("stun.example.net", 3478)
 
 
+_attributes = st.lists(
+    st.tuples(st.sampled_from([stun.XOR_MAPPED_ADDRESS, stun.MAPPED_ADDRESS, 0x8022, 0]),
+              st.integers(0, 40), st.binary(max_size=40)),
+    max_size=5,
+).map(lambda items: b"".join(struct.pack("!HH", kind, size) + value for kind, size, value in items))
+
+
+@given(st.one_of(st.binary(max_size=120), st.tuples(st.binary(max_size=4), _attributes).map(
+    lambda parts: _success(bytes(12), parts[1])[:20] + parts[0] + parts[1])), st.booleans())
+def test_stun_response_parser_gives_an_address_or_none(response: bytes, fix_length: bool) -> None:
+    if fix_length and len(response) >= 20:
+        response = response[:2] + struct.pack("!H", len(response) - 20) + response[4:]
+    found = stun.mapped_address(response, bytes(12))
+    assert found is None or isinstance(found, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+
+
+@given(st.text(max_size=40))
+def test_stun_server_parser_gives_host_and_port_or_value_error(text: str) -> None:
+    # public_address catches ValueError and names the server; nothing else may escape.
+    try:
+        host, port = stun.parse_server(text)
+    except ValueError:
+        return
+    assert isinstance(host, str) and 1 <= port <= 65535
+
+
+@pytest.mark.parametrize("text", ["stun.example.net:70000", "192.0.2.1:0", "192.0.2.1:\u0663", "[2001:db8::1]:99999"])
+def test_stun_server_with_an_impossible_port_is_refused(text: str) -> None:
+    # Regression: 70000 reached getaddrinfo, which asks port 4464 instead.
+    with pytest.raises(ValueError, match="1-65535"):
+        stun.parse_server(text)
+
+
 def test_key_file_is_found_by_flag_then_env_then_config_dir(key_path: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))

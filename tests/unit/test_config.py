@@ -233,3 +233,216 @@ def test_fixed_sequence_errors(server: Path, table: str, option: str, message: s
     with pytest.raises(ConfigError) as caught:
         config.load(server)
     assert caught.value.option == option and message in str(caught.value)
+
+
+# -- properties: any text, any value gives a Config or an error that says where ----------------
+
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+from dataclasses import fields as dataclass_fields  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from spa.core import tomlfile  # noqa: E402
+from spa.core.policy import POLICY_OPTIONS  # noqa: E402
+from spa.errors import SpaError  # noqa: E402
+from spa.firewall.settings import FirewallSettings  # noqa: E402
+
+
+def _toml_float(value: float) -> str:
+    if math.isnan(value):
+        return "nan"
+    return ("-inf" if value < 0 else "inf") if math.isinf(value) else repr(value)
+
+
+# TOML values as text: JSON string escapes are TOML basic-string escapes (a lone
+# surrogate's \ud800 is not, which makes a syntax error: also a case worth having).
+_scalars = st.one_of(
+    st.booleans().map(lambda b: "true" if b else "false"),
+    st.integers(-(2**63), 2**63 - 1).map(str),
+    st.floats().map(_toml_float),
+    st.text(max_size=24).map(json.dumps),
+    st.sampled_from(['"tcp/22"', '"udp/53"', '"tcp/3389"', '"tcp/0"', '"0.0.0.0/0"', '"::/0"', '"fe80::1%eth0"',
+                     '"20000-59999"', '"1-2"', '"knock.example.test"', '"nftables"', '"dns"', '"sniff"', '""']),
+)
+toml_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
+        st.dictionaries(st.sampled_from(["a", "open", "port"]), inner, max_size=2).map(
+            lambda table: "{" + ", ".join(f"{k} = {v}" for k, v in table.items()) + "}"),
+    ),
+    max_leaves=6,
+)
+
+TABLE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "server": config.SERVER_OPTIONS,
+    "policy": POLICY_OPTIONS,
+    "limits": config.LIMIT_OPTIONS,
+    "otp": config.OTP_OPTIONS,
+    "firewall": tuple(f.name for f in dataclass_fields(FirewallSettings)),
+    **{f"carriers.{name}": options for name, options in config.CARRIER_OPTIONS.items()},
+    "sequences.door": config.STATIC_OPTIONS + POLICY_OPTIONS,
+}
+edits = st.lists(
+    st.sampled_from(sorted(TABLE_OPTIONS)).flatmap(
+        lambda table: st.tuples(st.just(table), st.sampled_from(TABLE_OPTIONS[table] + ("colour",)), toml_values)),
+    min_size=1, max_size=3,
+)
+
+
+def _set_option(text: str, table: str, option: str, value: str) -> tuple[str, int]:
+    """Set ``option`` in ``[table]`` to ``value`` (replacing its line, or adding one); the text and its line."""
+    lines = text.split("\n")
+    header = f"[{table}]"
+    start = next((i for i, line in enumerate(lines) if line.split("#")[0].strip() == header), None)
+    if start is None:
+        lines += ["", header]
+        start = len(lines) - 1
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    for i in range(start + 1, end):
+        if re.match(rf"^{re.escape(option)}\s*=", lines[i]):
+            lines[i] = f"{option} = {value}"
+            return "\n".join(lines), i + 1
+    lines.insert(start + 1, f"{option} = {value}")
+    return "\n".join(lines), start + 2
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("template")
+    assert main(["init", "--dir", str(base / "srv"), "--protect", "tcp/22,tcp/3389",
+                 "--zone", "knock.example.test", "--backend", "dry-run"]) == 0
+    assert main(["keygen", "alice", "--config", str(base / "srv" / "spa.toml"), "--server", "192.0.2.1",
+                 "--out", str(base / "alice.spakey"), "--totp", "--emergency", "2"]) == 0
+    return base
+
+
+def _located(error: ConfigError, path: Path, text: str) -> None:
+    """The error names this file and a line in it; a value error also names the option."""
+    assert error.path == str(path), error
+    assert error.line is not None and 1 <= error.line <= text.count("\n") + 1, error
+    assert str(error).startswith(f"{path}:{error.line}: "), error
+    if error.option is not None:
+        assert str(error).startswith(f"{path}:{error.line}: {error.option}: "), error
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits)
+def test_any_option_values_give_a_config_or_an_error_naming_file_line_and_option(
+    template: Path, changes: list[tuple[str, str, str]]
+) -> None:
+    path = template / "srv" / "spa.toml"
+    original = path.read_text()
+    text = original
+    where: dict[str, int] = {}
+    for table, option, value in changes:
+        text, line = _set_option(text, table, option, value)
+        where[f"{table}.{option}"] = line
+    try:
+        path.write_text(text)
+        loaded = config.load(path)
+    except ConfigError as error:
+        _located(error, path, text)
+        if error.option is not None:
+            assert error.option.split(".")[0] in config.SECTIONS, error
+        if error.option in where and len(changes) == 1:
+            assert error.line == where[error.option], (error, text)
+    else:
+        assert isinstance(loaded, config.Config)
+    finally:
+        path.write_text(original)
+
+
+KEY_OPTIONS = ("name", "key_id", "secret", "public_key", "totp_secret", "totp_digits", "emergency_secret",
+               "emergency_count", "colour")
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(KEY_OPTIONS + tuple(f"policy.{o}" for o in POLICY_OPTIONS)), toml_values)
+def test_any_key_store_values_give_a_record_or_a_located_error(template: Path, option: str, value: str) -> None:
+    path = template / "srv" / "keys" / "alice.toml"
+    original = path.read_text()
+    table, _, name = option.rpartition(".")
+    if table:
+        text, _ = _set_option(original, table, name, value)
+    else:
+        lines = original.split("\n")
+        index = next((i for i, line in enumerate(lines) if line.startswith(f"{name} =")), 1)
+        lines[index:index + (lines[index].startswith(f"{name} =") and 1)] = [f"{name} = {value}"]
+        text = "\n".join(lines)
+    try:
+        path.write_text(text)
+        record = keys.load_record(path, config.load(template / "srv" / "spa.toml").policy)
+    except ConfigError as error:
+        _located(error, path, text)
+    else:
+        assert isinstance(record, keys.KeyRecord)
+    finally:
+        path.write_text(original)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(("format", "name", "key_id", "server", "zone", "udp_port", "open", "default_open",
+                        "obfuscation_key", "secret", "signing_key", "colour")), toml_values)
+def test_any_client_key_values_give_a_key_or_a_located_error(template: Path, option: str, value: str) -> None:
+    path = template / "alice.spakey"
+    original = path.read_text()
+    lines = [line for line in original.split("\n") if not line.startswith(f"{option} =")]
+    text = "\n".join([*lines[:2], f"{option} = {value}", *lines[2:]])
+    try:
+        path.write_text(text)
+        key = keys.load_client_key(path)
+    except ConfigError as error:
+        _located(error, path, text)
+    else:
+        assert isinstance(key, keys.ClientKey)
+    finally:
+        path.write_text(original)
+
+
+_toml_lines = st.one_of(
+    st.sampled_from(["[server]", "[policy]", "[[policy]]", "[carriers.dns]", "[sequences.a]", "[ firewall ]",
+                     "a = 1", 'open = ["tcp/22"]', 'x = """', '"""', "# note", "[", "]", "k = [", "1,", "]",
+                     "'q' = 2", '"a.b" = 3', "a.b = 4", "t = {a = 1}", "\r", "s = 'x' # c"]),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.lists(_toml_lines, max_size=12).map("\n".join)))
+def test_toml_reader_gives_a_document_or_an_error_with_its_line(text: str) -> None:
+    try:
+        doc = tomlfile.parse(text, "spa.toml")
+    except ConfigError as error:
+        assert error.path == "spa.toml" and error.option is None
+        assert error.line is None or 1 <= error.line <= text.count("\n") + 1, error
+        return
+    lines = text.split("\n")
+    for option, line in doc.lines.items():
+        # Every remembered line is in the file, and holds that option or table's last name.
+        assert 1 <= line <= len(lines), (option, line)
+        assert option[-1].isdigit() or option[-1] in lines[line - 1], (option, line, lines[line - 1])
+
+
+def test_line_numbers_count_only_newlines(tmp_path: Path) -> None:
+    # Regression: lines were counted with str.splitlines, which also breaks at
+    # U+2028, form feeds and the like; tomllib (and editors) count only \n.
+    text = '[server]\nuser = "nobody" # a\u2028b\ntime_window = 0\n'
+    path = tmp_path / "spa.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert (caught.value.line, caught.value.option) == (3, "server.time_window")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_as_a_config_file_give_a_located_error(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    path = tmp_path_factory.mktemp("bytes") / "spa.toml"
+    path.write_bytes(data)
+    with pytest.raises(SpaError) as caught:
+        config.load(path)
+    assert isinstance(caught.value, ConfigError) and caught.value.path == str(path)

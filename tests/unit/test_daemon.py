@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP, TCP
 from scapy.packet import Raw
 
@@ -68,9 +71,43 @@ def test_grants_and_stats_cross_the_pipe_intact() -> None:
     b'{"grant": {"address": "1.2.3.4", "request": "tcp/22", "seconds": 5, "key": "a", "carrier": "dns", "single_use": false, "at": NaN}}',
     b'{"grant": {"address": "1.2.3.4", "request": "tcp/22", "seconds": 5, "key": "a", "carrier": "dns", "single_use": false, "at": "now"}}',
     b'{"stats": {"x": 1}}' + b" " * messages.MAX_LINE,
+    # Regressions: nesting deeper than Python's recursion limit raised RecursionError,
+    # and a scoped IPv6 address carried free text towards the firewall command.
+    b"[" * (messages.MAX_LINE - 1),
+    b'{"grant": {"address": "1.2.3.4", "request": null, "seconds": 5, "key": "a", "carrier": "dns", "single_use": false, '
+    b'"at": 1.0}}',
+    b'{"grant": {"address": "fe80::1%x } ; flush ruleset", "request": "tcp/22", "seconds": 5, "key": "a", '
+    b'"carrier": "dns", "single_use": false, "at": 1.0}}',
 ])
 def test_malformed_lines_are_dropped(line: bytes) -> None:
     assert messages.decode(line) is None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_grant_like = st.fixed_dictionaries({"grant": st.fixed_dictionaries({
+    "address": st.one_of(st.ip_addresses().map(str), st.text(max_size=40), _json),
+    "request": st.one_of(st.sampled_from(["tcp/22", "udp/53", "22", "tcp/0"]), st.text(max_size=12), _json),
+    "seconds": st.one_of(st.integers(-5, 90000), _json),
+    "key": st.one_of(st.sampled_from(["alice", "sequence:office"]), _json),
+    "carrier": st.one_of(st.sampled_from([c.value for c in Carrier]), _json),
+    "single_use": st.one_of(st.booleans(), _json),
+    "at": st.one_of(st.floats(), st.integers(), _json),
+})})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300), _json.map(lambda v: json.dumps(v).encode()),
+                 _grant_like.map(lambda v: json.dumps(v).encode()),
+                 st.integers(1, messages.MAX_LINE // 2).map(lambda n: b"[" * n + b"]" * n)))
+def test_decode_gives_a_message_or_none_for_any_line(line: bytes) -> None:
+    decoded = messages.decode(line)
+    assert decoded is None or isinstance(decoded, (messages.Timed, messages.Stats, messages.Synced, messages.Discard))
+    if isinstance(decoded, messages.Timed):
+        assert messages.decode(messages.encode(decoded)) == decoded
 
 
 def test_line_reader_splits_and_bounds_a_partial_line() -> None:

@@ -566,6 +566,35 @@ def test_read_tcp_leaves_partial_messages_in_the_buffer() -> None:
     assert dns.read_tcp(buffer) == [b"abcde"] and buffer == bytearray(b"\x00")
 
 
+@given(st.binary(max_size=400))
+def test_read_tcp_takes_whole_frames_of_any_stream_and_keeps_the_rest(stream: bytes) -> None:
+    buffer = bytearray(stream)
+    taken = dns.read_tcp(buffer)
+    assert b"".join(dns.frame_tcp(m) for m in taken) + bytes(buffer) == stream
+    assert dns.read_tcp(buffer) == []  # what stays is never a whole frame
+
+
+_any_label = st.one_of(
+    st.text(max_size=70),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz234567-019_", max_size=63),
+    st.sampled_from([26, 32, 52]).flatmap(lambda n: st.text(alphabet="abcdefghijklmnopqrstuvwxyz234567", min_size=n,
+                                                            max_size=n)),
+)
+
+
+@settings(max_examples=800)
+@given(_any_label)
+def test_knock_classifies_any_label_or_gives_none(label: str) -> None:
+    knock = dns.knock(label, SOURCE, NOW)
+    if knock is None:
+        return
+    assert knock.carrier == Carrier.DNS and knock.form in (Form.COMPACT, Form.EXTENDED, Form.OTP)
+    if knock.form == Form.OTP:
+        assert isinstance(knock.payload, OtpCode)
+    else:
+        assert isinstance(knock.payload, bytes) and len(knock.payload) in (16, 20, 32)
+
+
 def test_frame_tcp() -> None:
     assert dns.frame_tcp(b"hello") == b"\x00\x05hello"
     assert len(dns.frame_tcp(bytes(65535))) == 65537

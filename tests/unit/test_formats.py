@@ -6,7 +6,7 @@ import ipaddress
 
 import pyotp
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from makings import CLIENT, CLIENT6, NOW, OBFUSCATION_KEY, SSH, RDP
 
@@ -149,6 +149,57 @@ def test_otp_label_round_trip(address: ipaddress.IPv4Address, digits: str) -> No
     label = otp.to_label("alice", digits, address)
     assert len(label) <= 63
     assert otp.parse_label(label) == OtpCode("alice", digits, address)
+
+
+_label_text = st.one_of(
+    st.text(max_size=70),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-%:.", max_size=64),
+    st.builds(lambda name, digits, rest: f"{name}-{digits}{rest}", st.sampled_from(["alice", "a", "A1", "1a"]),
+              st.text("0123456789", min_size=5, max_size=11), st.text(alphabet="0123456789abcdef-%:.", max_size=40)),
+)
+
+
+@settings(max_examples=1000)
+@given(_label_text)
+def test_otp_label_parser_gives_a_code_or_none(label: str) -> None:
+    code = otp.parse_label(label)
+    if code is not None:
+        # Whatever it reads, it reads the same back from the label it would write.
+        assert isinstance(code.who, str) and otp.parse_label(otp.to_label(code.who, code.digits, code.address)) == code
+        assert code.address is None or getattr(code.address, "scope_id", None) is None
+
+
+def test_otp_label_refuses_a_scoped_address() -> None:
+    # Regression: "fe80--1%eth0" parsed as fe80::1 scoped to eth0, free text in an address.
+    assert otp.parse_label("alice-492039-fe80--1%eth0") is None
+    assert otp.parse_label("alice-492039-fe80--1") == OtpCode("alice", "492039", ipaddress.ip_address("fe80::1"))
+
+
+@given(st.binary(max_size=20))
+def test_otp_pattern_parser_gives_a_code_or_none(pattern: bytes) -> None:
+    code = otp.parse_pattern(pattern)
+    assert code is None or bytes.fromhex(otp.to_pattern(code.who, code.digits)) == pattern  # type: ignore[arg-type]
+
+
+@settings(max_examples=500)
+@given(st.one_of(st.text(max_size=70), st.text(alphabet="abcdefghijklmnopqrstuvwxyz234567ABZ01=", max_size=64)))
+def test_label_decoder_gives_bytes_or_none(label: str) -> None:
+    data = encoding.from_label(label)
+    assert data is None or encoding.to_label(data) == label.lower()
+
+
+@given(st.binary(max_size=40))
+def test_compact_open_block_gives_fields_or_none(token: bytes) -> None:
+    opened = compact.open_block(OBF, token)
+    if opened is not None:
+        fields, plain = opened
+        assert len(token) == 16 and fields.mode <= AddressMode.EXPLICIT and len(plain) == 16
+
+
+@given(st.binary(max_size=200))
+def test_datagram_header_opener_gives_a_header_or_none(data: bytes) -> None:
+    header = datagram.open_header(OBF, data)
+    assert header is None or (header.kind in datagram.Kind and header.sealed == data[:16])
 
 
 def test_otp_pattern_refuses_non_codes() -> None:

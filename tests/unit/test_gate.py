@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pyotp
@@ -10,9 +11,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spa.core import datagram, kdf, otp
+from spa.carriers import dns
+from spa.carriers.sequence import Tracker
+from spa.core import datagram, encoding, kdf, otp
 from spa.core.events import (
-    Accepted, Carrier, Duplicate, Form, Knock, OtpCode, Reason, Rejection, SequenceHit, StaticHit,
+    Accepted, Carrier, Duplicate, Form, Knock, OtpCode, Reason, Rejection, Request, SequenceHit, StaticHit,
 )
 from spa.core.gate import Gate, GateSettings
 from spa.core.keyring import Keyring
@@ -171,6 +174,148 @@ def test_every_single_bit_flip_is_rejected() -> None:
             checked += 1
         assert isinstance(make_bench(allow_unbound=True).decide(form, valid), Accepted)
     assert checked == 128 * 2 + 160 + 256 + len(cases[-1][1]) * 8
+
+
+def _datagrams(bench: Bench) -> list[tuple[bytes, object]]:
+    """A valid datagram of each key kind in each address mode, with the source it must come from."""
+    wire = kdf.derive(OBFUSCATION_KEY, kdf.WIRE)
+    bob = Ed25519PrivateKey.from_private_bytes(BOB_SEED)
+    made = []
+    for mode, address in ((datagram.Mode.SOURCE, None), (datagram.Mode.UNBOUND, None),
+                          (datagram.Mode.IPV4, CLIENT), (datagram.Mode.IPV6, CLIENT6)):
+        bound = CLIENT if mode == datagram.Mode.SOURCE else None
+        body = datagram.Body(mode, (SSH,), 60, address)
+        made.append((bench.datagram(body, source=bound), CLIENT))
+        made.append((datagram.seal(bench.obfuscator, 8, NOW, body, aead_key=wire, signing_key=bob, source=bound),
+                     CLIENT))
+    return made
+
+
+# Refusals that come before or at authentication: a flipped token must never get further.
+UNAUTHENTIC = {Reason.MALFORMED, Reason.UNKNOWN_KEY, Reason.STALE, Reason.BAD_MAC}
+
+
+def _open_bench() -> Bench:
+    """alice and bob both allowed unbound knocks, so a valid knock in every mode is accepted."""
+    bob = dataclasses.replace(bob_record(), policy=Policy(open=(SSH,), allow_unbound=True))
+    keyring = Keyring(OBFUSCATION_KEY, [alice_record(allow_unbound=True), bob])
+    ledger = Ledger(660)
+    return Bench(Gate(keyring, ledger), keyring, ledger)
+
+
+def test_every_single_bit_flip_of_every_datagram_kind_and_mode_is_rejected() -> None:
+    # The test above flips one AEAD datagram; this covers both key kinds in all four modes.
+    cases = _datagrams(_open_bench())
+    assert {datagram.open_header(_open_bench().obfuscator, p).kind for p, _ in cases} == set(datagram.Kind)  # type: ignore[union-attr]
+    for valid, source in cases:
+        for mutant in _flips(valid):
+            decision = _open_bench().decide(Form.DATAGRAM, mutant, source=source, carrier=Carrier.UDP)
+            assert reason(decision) in UNAUTHENTIC, mutant.hex()
+        assert isinstance(_open_bench().decide(Form.DATAGRAM, valid, source=source), Accepted)
+
+
+def _text_flips(text: str):
+    """Every single-bit flip of an ASCII label, as the bytes a DNS query would carry."""
+    for mutant in _flips(text.encode("ascii")):
+        yield mutant.decode("latin-1")
+
+
+def test_every_single_bit_flip_of_a_token_label_is_rejected_or_only_changes_case() -> None:
+    # DNS names are case-insensitive and resolvers randomise case (0x20), so flipping
+    # a letter's case bit names the same label: the same knock, by design. Every
+    # other flip must be refused, by the label decoder or by the gate.
+    bench = make_bench()
+    labels = [(encoding.to_label(bench.compact()), CLIENT), (encoding.to_label(bench.extended(CLIENT)), OTHER),
+              (encoding.to_label(bench.extended(CLIENT6)), OTHER)]
+    refused = same = 0
+    for label, source in labels:
+        for mutant in _text_flips(label):
+            knock = dns.knock(mutant, source, NOW)
+            if mutant.lower() == label:
+                same += 1
+                assert knock is not None and isinstance(make_bench().gate.decide(knock), Accepted)
+                continue
+            refused += 1
+            assert knock is None or reason(make_bench().gate.decide(knock)) in UNAUTHENTIC, mutant
+    assert same == sum(c.isalpha() for label, _ in labels for c in label)
+    assert refused + same == sum(len(label) * 8 for label, _ in labels)
+
+
+def _totp(at: float = NOW) -> str:
+    return pyotp.TOTP(TOTP_SECRET).at(at)
+
+
+def test_every_single_bit_flip_of_a_one_time_code_is_rejected() -> None:
+    # Codes can be guessed (the lockout is what limits that); a flip of a valid
+    # one is a different guess and must be wrong. Fresh gate per flip, so the
+    # lockout never answers in the code check's place.
+    emergency = otp.emergency_codes(EMERGENCY_SECRET, 5)[0]
+    patterns = [bytes.fromhex(otp.to_pattern(7, _totp())), bytes.fromhex(otp.to_pattern(7, emergency))]
+    for valid in patterns:
+        for mutant in _flips(valid):
+            code = otp.parse_pattern(mutant)
+            assert code is None or reason(make_bench().decide(Form.OTP, code)) in (Reason.BAD_CODE, Reason.UNKNOWN_KEY)
+        assert isinstance(make_bench().decide(Form.OTP, otp.parse_pattern(valid)), Accepted)
+    # In the label form, a flip in the name or the digits is refused; a case flip is
+    # the same label. The address after the digits is a claim the code does not
+    # cover (docs/protocol.md: a code is not a MAC), so a flip there that still
+    # reads as an address opens that other address: shown here, not hidden.
+    for label in (otp.to_label("alice", _totp()), otp.to_label("alice", _totp(), CLIENT6)):
+        code_part = len("alice-") + 6
+        for at, mutant in enumerate(_text_flips(label)):
+            knock = dns.knock(mutant, OTHER, NOW)
+            decision = None if knock is None else make_bench().gate.decide(knock)
+            if mutant.lower() == label:
+                assert isinstance(decision, Accepted)  # a case flip: the same label
+            elif at // 8 < code_part:
+                assert decision is None or reason(decision) in (Reason.BAD_CODE, Reason.UNKNOWN_KEY), mutant
+            else:
+                assert decision is None or isinstance(decision, Rejection) or (
+                    isinstance(decision, Accepted) and decision.grants[0].address != CLIENT6
+                ), mutant
+
+
+def test_every_single_bit_flip_of_a_one_time_sequence_is_rejected() -> None:
+    # Each port of a valid sequence, one bit flipped, through the tracker as the
+    # daemon feeds it; a fresh source per try, so no two tries share a tail.
+    bench = make_bench()
+    table = bench.gate.sequences(NOW)
+    valid = next(ports for ports, hit in table.items() if hit.step == NOW // 30 and hit.request_index == 0)
+    tracker = Tracker()
+    tracker.set_otp(table)
+    tried = 0
+    for position in range(len(valid)):
+        for bit in range(16):
+            mutant = list(valid)
+            mutant[position] ^= 1 << bit
+            source = ipaddress.IPv4Address(0x0A000000 + tried)
+            knocks = [k for port in mutant if port for k in tracker.hit(source, Request("tcp", port), NOW)]
+            assert all(isinstance(make_bench().gate.decide(k), Rejection) for k in knocks), mutant
+            tried += 1
+    found = [k for port in valid for k in tracker.hit(CLIENT, Request("tcp", port), NOW)]
+    assert tried == 48 and len(found) == 1 and isinstance(make_bench().gate.decide(found[0]), Accepted)
+
+
+def test_every_single_bit_flip_of_a_fixed_sequence_completes_nothing() -> None:
+    # A fixed sequence has no secret but its ports (its known weakness); still, a
+    # port one bit off, or the protocol flipped, must not complete it.
+    steps = (Request("tcp", 7000), Request("udp", 8000), Request("tcp", 9000))
+    tracker = Tracker((StaticSequence("door", steps, Policy(open=(SSH,))),))
+    tried = 0
+    for position in range(len(steps)):
+        for bit in range(17):  # 16 port bits, then the protocol
+            mutant = list(steps)
+            step = mutant[position]
+            if bit == 16:
+                mutant[position] = Request("udp" if step.proto == "tcp" else "tcp", step.port)
+            elif step.port ^ (1 << bit):
+                mutant[position] = Request(step.proto, step.port ^ (1 << bit))
+            else:
+                continue
+            source = ipaddress.IPv4Address(0x0A000000 + tried)
+            assert not [k for r in mutant for k in tracker.hit(source, r, NOW)], mutant
+            tried += 1
+    assert tried == 51 and len([k for r in steps for k in tracker.hit(CLIENT, r, NOW)]) == 1
 
 
 # -- datagrams -------------------------------------------------------------

@@ -117,3 +117,21 @@ def test_lockout_threshold_period_and_expiry() -> None:
     assert not fresh.fail("s", 20)  # the first failure fell out of the period
     fresh.succeed("s")
     assert not fresh.fail("s", 21)
+
+
+def test_lockout_locks_again_after_it_ends_within_the_period() -> None:
+    # Regression: failures after a lockout ended but inside the period used to
+    # count past the threshold without ever locking again (unlimited guessing).
+    lockout = Lockout(threshold=3, period=600, lockout=100, capacity=10)
+    assert [lockout.fail("k", t) for t in (0, 1, 2)] == [False, False, True]
+    assert [lockout.fail("k", t) for t in (102, 103, 104)] == [False, False, True]
+    assert lockout.locked("k", 150)
+    # Guessing as fast as allowed for an hour checks at most threshold per lockout.
+    capped = Lockout(threshold=20, period=600, lockout=300, capacity=10)
+    checked = 0
+    for tick in range(360_000):
+        now = tick / 100
+        if not capped.locked("k", now):
+            capped.fail("k", now)
+            checked += 1
+    assert checked <= 20 * (3600 // 300 + 1)
