@@ -78,3 +78,7 @@ def check_grant(grant: Grant, protect: tuple[Request, ...]) -> None:
         raise FirewallError(f"refusing grant of {grant.seconds!r} seconds: must be 1-86400")
     if grant.address.is_unspecified or grant.address.is_multicast:
         raise FirewallError(f"refusing grant for {grant.address}: not a single host")
+    if getattr(grant.address, "scope_id", None) is not None:
+        # A scope ("fe80::1%eth0") is free text; backends write addresses into
+        # nft and ipset commands, and no knock ever yields one.
+        raise FirewallError(f"refusing grant for {grant.address}: scoped address")

@@ -56,6 +56,14 @@ def test_dry_run_still_refuses_unprotected_ports() -> None:
         backend.grant(Grant(ALICE, Request("tcp", 80), 5, "alice", Carrier.UDP))
 
 
+def test_every_backend_refuses_a_scoped_address() -> None:
+    """A scope id is free text that would reach nft/ipset commands verbatim."""
+    backend = DryRunBackend(FirewallSettings(backend="dry-run"))
+    scoped = ipaddress.ip_address("fe80::1%x } ; flush ruleset")
+    with pytest.raises(FirewallError, match="scoped"):
+        backend.grant(Grant(scoped, Request("tcp", 22), 5, "alice", Carrier.UDP))
+
+
 def test_substitute_fills_inside_arguments_without_splitting() -> None:
     argv = substitute(["nft", "add", "element", "{", "%IP%", ".", "%PROTO%", ".", "%PORT%",
                        "timeout", "%SECONDS%s", "}", "--who=%KEY%"],
