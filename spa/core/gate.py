@@ -254,9 +254,9 @@ class Gate:
         if found is None:
             detail = "code does not match"
             if self._key_failures.fail(record.key_id, now):
-                detail += f"; key locked out for {self.settings.lockout_seconds} s"
+                detail += f"; key locked out for {self._key_failures.remaining(record.key_id, now):.0f} s"
             if self._source_failures.fail(source_key, now):
-                detail += f"; source locked out for {self.settings.lockout_seconds} s"
+                detail += f"; source locked out for {self._source_failures.remaining(source_key, now):.0f} s"
             return self._reject(knock, Reason.BAD_CODE, detail, entry.name)
         token_id, token_time = found
         self._source_failures.succeed(source_key)

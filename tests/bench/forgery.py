@@ -67,6 +67,7 @@ from spa.core.gate import Gate, GateSettings  # noqa: E402
 from spa.core.keyring import Keyring  # noqa: E402
 from spa.core.keys import KeyRecord  # noqa: E402
 from spa.core.ledger import Ledger  # noqa: E402
+from spa.core.limits import Lockout  # noqa: E402
 from spa.core.policy import Policy  # noqa: E402
 from spa.core.sequence import SequenceRule, StaticSequence  # noqa: E402
 
@@ -536,9 +537,9 @@ def otp_lockout(hours: float, guesses_per_second: float = 20.0, seed: int = 1) -
                                                  NOW + n / guesses_per_second)))] += 1
         checked = outcomes["BAD_CODE"] + outcomes["Accepted"] + outcomes["Duplicate"]
         results[name] = {"guesses": guesses, "checked": checked, "outcomes": dict(outcomes)}
-    # Per key: at most otp_failures_per_key checks, then lockout_seconds of refusal.
-    cycle = settings.lockout_seconds
-    results["key_cap_checked_per_day"] = settings.otp_failures_per_key * int(86400 // cycle + 1)
+    # Per key: otp_failures_per_key checks per lockout, each lockout twice the last (limits.Lockout).
+    key_lockout = Lockout(settings.otp_failures_per_key, settings.failure_period, settings.lockout_seconds, 1)
+    results["key_cap_checked_per_day"] = key_lockout.checks_per_day()
     # A guess is right for any of the 2 * totp_steps + 1 steps the gate accepts.
     results["success_chance_per_day"] = results["key_cap_checked_per_day"] * (2 * settings.totp_steps + 1) / 10**6
     return results

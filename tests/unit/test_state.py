@@ -135,3 +135,21 @@ def test_lockout_locks_again_after_it_ends_within_the_period() -> None:
             capped.fail("k", now)
             checked += 1
     assert checked <= 20 * (3600 // 300 + 1)
+
+
+def test_repeated_lockouts_double_up_to_a_day_and_a_quiet_spell_forgives() -> None:
+    lockout = Lockout(threshold=2, period=600, lockout=100, capacity=10)
+    now, lengths = 0.0, []
+    for _ in range(12):  # a guesser who waits out every lockout, then tries again
+        lockout.fail("k", now)
+        assert lockout.fail("k", now)
+        lengths.append(lockout.remaining("k", now))
+        now += lengths[-1]
+    assert lengths[:4] == [100, 200, 400, 800] and max(lengths) == 86400
+    # Quiet for as long as the last lockout: the next one starts short again.
+    now += 86400
+    lockout.fail("k", now)
+    lockout.fail("k", now)
+    assert lockout.remaining("k", now) == 100
+    # With spa's defaults a day of non-stop guessing gets ~180 codes checked per key, not 5,760.
+    assert Lockout(threshold=20, period=300, lockout=300, capacity=10).checks_per_day() == 180
