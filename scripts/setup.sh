@@ -23,3 +23,8 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# The benchmarks' junk sender (tests/bench/junk.c), built where git ignores it;
+# rebuilt every time (well under a second), so it always matches its source.
+mkdir -p build
+gcc -O2 -Wall -o build/junk tests/bench/junk.c
