@@ -42,7 +42,6 @@ import base64
 import datetime
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -52,7 +51,10 @@ from typing import Any
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))  # serve_latency (which puts tests/ and the checkout on the path)
 
+import junk_sender  # noqa: E402
+import memory  # noqa: E402
 import serve_latency as sl  # noqa: E402
+import via_resolver  # noqa: E402
 
 REPO = HERE.parents[2]
 FWKNOP_PCAP_PORT, FWKNOP_UDP_PORT = 62202, 62203
@@ -185,6 +187,7 @@ class Others:
 SPA_CARRIERS = {"icmp": "spa ICMP", "dns": "spa DNS", "udp": "spa UDP", "sequence": "spa one-time sequence",
                 "fixed": "spa fixed sequence"}
 OTHERS = ("fwknopd", "fwknopd -U", "knockd")
+LABELS = {**SPA_CARRIERS, "dns": "spa DNS direct", "unbound": "spa DNS through Unbound"}
 
 
 class Knocker:
@@ -240,20 +243,17 @@ def junk_other(knocker: Knocker, name: str, rate: int, knocks: int, spacing: flo
     count = sl.JUNK_LIMIT_PACKETS if rate <= 0 else int(rate * budget)
     before = sl.ProcessFigures.read(pid)
     started = time.monotonic()
-    junk = sl.Remote(world, world.alice, ["--junk", "10.77.1.1", str(port), str(rate), str(budget), str(count)])
+    junk = junk_sender.Junk(world, world.alice, junk_sender.Flood("10.77.1.1", (f"spa:{port}",), rate, budget, count))
     replies = []
     try:
         time.sleep(0.5)
         for _ in range(knocks):
-            if junk.process.poll() is not None:
+            if not junk.running():
                 break
             replies.append(knocker.knock("bob", name))
             time.sleep(spacing)
     finally:
-        if junk.process.poll() is None:
-            os.kill(junk.process.pid, signal.SIGTERM)  # ours, by pid; it also stops by itself
-    sent = junk.read(30)
-    junk.process.wait(10)
+        sent = junk.finish()  # SIGTERM by pid if still running; it also stops by itself
     after = sl.ProcessFigures.read(pid)
     row = {**junk_row(rate, sent, time.monotonic() - started, after.cpu_s - before.cpu_s, after.hwm_mb),
            **figures(replies)}
@@ -287,7 +287,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from world.daemon import make_served, remove
 
     deadline = time.monotonic() + args.max_minutes * 60
-    results: dict[str, Any] = {"machine": sl.machine(), "count": args.count,
+    results: dict[str, Any] = {"machine": sl.machine(), "count": args.count, "junk_knocks": args.junk_knocks,
+                               "junk_limit_s": args.junk_limit, "loadavg_at_start": os.getloadavg()[0],
                                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                                "versions": versions()}
     with World() as world:
@@ -304,14 +305,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             knocker = Knocker(bench, others)
             results["idle_rss_mb"] = idle_rss(bench, others)
             results["knock_to_open"] = knock_to_open(knocker, args.count, deadline)
-            junk: dict[str, list[dict[str, Any]]] = {"spa": [], "fwknopd": [], "fwknopd -U": []}
-            for rate in args.rates:
-                if time.monotonic() > deadline:
-                    break
-                junk["spa"].append(junk_spa(knocker, rate, args.junk_knocks, args.spacing_ms / 1000))
-                for name in ("fwknopd", "fwknopd -U"):
-                    junk[name].append(junk_other(knocker, name, rate, args.junk_knocks, args.spacing_ms / 1000))
-            results["under_junk"] = junk
+            bench.limit = args.junk_limit  # a knock under junk that has not opened by then counts as failed
+            results["under_junk"] = under_junk(knocker, args, deadline)
             final = bench.snapshot()
             results["peak_rss_mb"] = {"spa (worker + supervisor)": round(final.worker.hwm_mb + final.supervisor.hwm_mb, 1),
                                       **{name: sl.ProcessFigures.read(pid).hwm_mb for name, pid in others.pids.items()}}
@@ -319,7 +314,32 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             if served.process is not None and served.process.poll() is None:
                 served.stop()
             remove(served)
+    # DNS through a real resolver: the demo's internet, a world of its own (after the other, not interleaved).
+    replies = via_resolver.measure(args.count, args.interval_ms / 1000, args.limit, deadline)
+    rows = results["knock_to_open"]
+    results["knock_to_open"] = {**{k: rows[k] for k in list(rows)[:2]}, "unbound": figures(replies),
+                                **{k: rows[k] for k in list(rows)[2:]}}
+    if args.memory_count > 0:  # a fresh world and spa serve of its own, so its peak is the flood's alone
+        results["memory"] = memory.measure(args.memory_count, args.memory_sources, args.memory_rate)
     return results
+
+
+def under_junk(knocker: Knocker, args: argparse.Namespace, deadline: float) -> dict[str, list[dict[str, Any]]]:
+    """Each rate in turn against spa, fwknopd and fwknopd -U. A daemon that opened none of its
+    knocks at one rate is not flooded at the higher ones (they would only time out, slowly)."""
+    junk: dict[str, list[dict[str, Any]]] = {"spa": [], "fwknopd": [], "fwknopd -U": []}
+    spacing = args.spacing_ms / 1000
+    for rate in args.rates:
+        if time.monotonic() > deadline:
+            break
+        for name, rows in junk.items():
+            if rows and rows[-1]["opened"] == 0:
+                rows.append({"target_per_s": rate or "max", "skipped": True, "knocks": 0, "opened": 0})
+            elif name == "spa":
+                rows.append(junk_spa(knocker, rate, args.junk_knocks, spacing))
+            else:
+                rows.append(junk_other(knocker, name, rate, args.junk_knocks, spacing))
+    return junk
 
 
 def idle_rss(bench: sl.Bench, others: Others) -> dict[str, float]:
@@ -348,7 +368,7 @@ def table(results: dict[str, Any]) -> str:
     lines = ["| daemon, carrier | opened | total median | total p99 | from the wire median | from the wire p99 |",
              "|---|---:|---:|---:|---:|---:|"]
     for target, row in results["knock_to_open"].items():
-        label = SPA_CARRIERS.get(target, target)
+        label = LABELS.get(target, target)
         lines.append(f"| {label} | {row['opened']}/{row['knocks']} | {row['median_ms']} | {row['p99_ms']} | "
                      f"{row['wire_median_ms']} | {row['wire_p99_ms']} |")
     lines += ["", "| junk target/s | daemon | junk sent/s | valid opened | median ms | p99 ms | daemon CPU s | "
@@ -356,7 +376,10 @@ def table(results: dict[str, Any]) -> str:
     junk = results.get("under_junk", {})
     for index in range(max((len(rows) for rows in junk.values()), default=0)):
         for name, rows in junk.items():
-            if index < len(rows):
+            if index < len(rows) and rows[index].get("skipped"):
+                lines.append(f"| {rows[index]['target_per_s']} | {name} | – | not run: opened none at a lower rate "
+                             "| | | | | |")
+            elif index < len(rows):
                 r = rows[index]
                 lines.append(f"| {r['target_per_s']} | {name} | {r['junk_per_s']} | {r['opened']}/{r['knocks']} | "
                              f"{r['median_ms']} | {r['p99_ms']} | {r['daemon_cpu_s']} | {r['cpu_us_per_packet']} | "
@@ -373,7 +396,7 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not importable: no chart (pip install matplotlib for docs/compare.png)"
     rows = results["knock_to_open"]
-    labels = [SPA_CARRIERS.get(t, t) for t in rows]
+    labels = [LABELS.get(t, t) for t in rows]
     medians = [rows[t]["median_ms"] or 0 for t in rows]
     p99s = [rows[t]["p99_ms"] or 0 for t in rows]
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
@@ -385,7 +408,8 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
     left.set_xlabel("knock to completed TCP connect, ms (log)")
     left.legend()
     left.set_title("Knock to open")
-    for name, junk_rows in results.get("under_junk", {}).items():
+    for name, all_rows in results.get("under_junk", {}).items():
+        junk_rows = [r for r in all_rows if not r.get("skipped")]
         rates = [r["junk_per_s"] for r in junk_rows]
         share = [100 * r["opened"] / r["knocks"] if r["knocks"] else 0 for r in junk_rows]
         right.plot(rates, share, marker="o", label=name)
@@ -402,21 +426,32 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
 
 
 def write_docs(results: dict[str, Any], docs: Path) -> None:
-    """Replace the generated table block inside the section (between the markers) with this run's."""
+    """Replace the generated blocks (between their markers) with this run's tables."""
     text = docs.read_text()
-    begin, end = "<!-- compare.py table begin -->", "<!-- compare.py table end -->"
-    if begin not in text:
-        raise SystemExit(f"{docs}: no '{begin}' marker in the section {SECTION!r}")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    docs.write_text(f"{head}{begin}\n{table(results)}\n{end}{tail}")
+    blocks = {"compare.py table": table(results)}
+    if "memory" in results:
+        blocks["memory.py table"] = memory.table(results["memory"])
+    for name, body in blocks.items():
+        begin, end = f"<!-- {name} begin -->", f"<!-- {name} end -->"
+        if begin not in text or end not in text:
+            raise SystemExit(f"{docs}: no '{begin}' ... '{end}' markers")
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{body}\n{end}{tail}"
+    docs.write_text(text)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=30, help="knocks per daemon and carrier")
-    parser.add_argument("--rates", default="1000,10000,50000,100000", help="junk datagrams/s, comma-separated")
-    parser.add_argument("--junk-knocks", type=int, default=10, help="valid knocks per daemon and junk rate")
+    parser.add_argument("--rates", default="10000,50000,100000,200000,400000",
+                        help="junk datagrams/s, comma-separated (0: as fast as the sender can)")
+    parser.add_argument("--junk-knocks", type=int, default=30, help="valid knocks per daemon and junk rate")
+    parser.add_argument("--junk-limit", type=float, default=2.0, help="seconds a knock under junk may take to open")
+    parser.add_argument("--memory-count", type=int, default=1_000_000,
+                        help="junk knocks of the memory bench (memory.py; 0: skip it)")
+    parser.add_argument("--memory-sources", type=int, default=100_000, help="its spoofed source addresses")
+    parser.add_argument("--memory-rate", type=int, default=50_000, help="its junk packets per second")
     parser.add_argument("--spacing-ms", type=float, default=100.0, help="pause between knocks under junk")
     parser.add_argument("--interval-ms", type=float, default=0.25, help="between connect attempts")
     parser.add_argument("--limit", type=float, default=3.0, help="seconds a knock may take to open")
@@ -432,6 +467,10 @@ def main() -> int:
     args.count = max(1, min(args.count, 200))
     args.rates = [max(0, min(int(rate), 10_000_000)) for rate in args.rates.split(",") if rate.strip()]
     args.junk_knocks = max(1, min(args.junk_knocks, 100))
+    args.junk_limit = max(0.1, min(args.junk_limit, 10.0))
+    args.memory_count = max(0, min(args.memory_count, 5_000_000))
+    args.memory_sources = max(1, min(args.memory_sources, 131_070))
+    args.memory_rate = max(1, min(args.memory_rate, 1_000_000))
     args.limit = max(0.1, min(args.limit, 10.0))
     args.interval_ms = max(0.05, min(args.interval_ms, 100.0))
     args.max_minutes = max(0.1, min(args.max_minutes, 60.0))
@@ -443,6 +482,12 @@ def main() -> int:
     if os.geteuid() != 0:
         print("compare: needs root (it makes network namespaces)", file=sys.stderr)
         return 2
+    try:
+        junk_sender.binary()  # before any world is built, not minutes into the run
+    except junk_sender.JunkMissing as error:
+        print(f"compare: {error}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
     results = measure(args)
     out = args.json or str(HERE.parent / "results" / f"compare-{datetime.date.today().isoformat()}.json")
     if out == "-":
@@ -451,7 +496,7 @@ def main() -> int:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results, indent=1) + "\n")
         print(table(results))
-        print(f"\nJSON: {out}", file=sys.stderr)
+        print(f"\nJSON: {out} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     if args.docs:
         write_docs(results, REPO / "docs" / "benchmarks.md")
         note = chart(results, REPO / "docs" / "compare.png")
