@@ -387,6 +387,59 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+GOAL_MS = 2.0  # issue 8: spa knock to connect, median, UDP and ICMP
+GOAL_JUNK_PER_S = 100_000  # ... under this much junk: every valid knock opens,
+GOAL_JUNK_P99_MS = 20.0  # ... with this p99
+GOAL_RSS_MB = 80.0  # peak RSS, worker + supervisor (issues 7 and 8)
+
+
+def _by(value: float, goal: float, unit: str) -> str:
+    return f"by {value - goal:.2f} {unit} ({(value - goal) / goal:.0%})"
+
+
+def verdicts(results: dict[str, Any]) -> str:
+    """Each goal of issues 8 and 7 against this run: met, or missed and by how much."""
+    rows = results["knock_to_open"]
+    lines = []
+    for target, label in (("udp", "UDP"), ("icmp", "ICMP (from the wire; ping's own start-up excluded)")):
+        row = rows.get(target, {})
+        value = row.get("wire_median_ms" if target == "icmp" else "median_ms")
+        if value is not None:
+            state = "met" if value <= GOAL_MS else f"missed {_by(value, GOAL_MS, 'ms')}"
+            lines.append(f"- spa {label} median ≤ {GOAL_MS:g} ms: **{state}** ({value:.2f} ms)")
+    udp = rows.get("udp", {}).get("median_ms")
+    for other, factor in (("fwknopd", 30), ("knockd", 10)):
+        theirs = rows.get(other, {}).get("median_ms")
+        if udp and theirs:
+            ratio = theirs / udp
+            state = "met" if ratio >= factor else "missed"
+            lines.append(f"- spa UDP ≥ {factor}x faster than {other}: **{state}** ({ratio:.1f}x: {theirs:.1f} vs {udp:.2f} ms)")
+    unbound, direct = rows.get("unbound", {}), rows.get("dns", {})
+    if unbound.get("wire_median_ms") is not None and direct.get("wire_median_ms") is not None:
+        lines.append(f"- DNS through Unbound, bounded by the resolver: {unbound['wire_median_ms']:.2f} ms from the wire "
+                     f"against {direct['wire_median_ms']:.2f} ms queried directly "
+                     f"(+{unbound['wire_median_ms'] - direct['wire_median_ms']:.2f} ms for the resolver's hop)")
+    spa_rows = [r for r in results.get("under_junk", {}).get("spa", []) if not r.get("skipped")]
+    good = [r for r in spa_rows if r["knocks"] and r["opened"] == r["knocks"] and r["p99_ms"] is not None
+            and r["p99_ms"] <= GOAL_JUNK_P99_MS]
+    best = max((r["junk_per_s"] for r in good), default=0)
+    state = "met" if best >= GOAL_JUNK_PER_S else "missed"
+    detail = "; ".join(f"{r['junk_per_s']:,}/s achieved: {r['opened']}/{r['knocks']} opened, p99 {r['p99_ms']} ms"
+                       for r in spa_rows)
+    lines.append(f"- Under ≥ {GOAL_JUNK_PER_S:,} junk/s, 100% open with p99 ≤ {GOAL_JUNK_P99_MS:g} ms: **{state}** "
+                 f"(highest achieved rate meeting it: {best:,}/s; {detail})")
+    peaks = []
+    if "peak_rss_mb" in results:
+        peaks.append(("side by side, whole run", results["peak_rss_mb"]["spa (worker + supervisor)"]))
+    if "memory" in results:
+        peak = results["memory"]["peak_rss_mb"]
+        peaks.append(("memory bench", round(peak["worker"] + peak["supervisor"], 1)))
+    for where, value in peaks:
+        state = "met" if value <= GOAL_RSS_MB else f"missed {_by(value, GOAL_RSS_MB, 'MB')}"
+        lines.append(f"- Peak RSS (worker + supervisor) ≤ {GOAL_RSS_MB:g} MB, {where}: **{state}** ({value} MB)")
+    return "\n".join(lines)
+
+
 def chart(results: dict[str, Any], path: Path) -> str | None:
     try:
         import matplotlib
@@ -399,7 +452,7 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
     labels = [LABELS.get(t, t) for t in rows]
     medians = [rows[t]["median_ms"] or 0 for t in rows]
     p99s = [rows[t]["p99_ms"] or 0 for t in rows]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    figure, (left, right, far) = plt.subplots(1, 3, figsize=(17, 4.8))
     positions = range(len(labels))
     left.barh([p + 0.2 for p in positions], medians, 0.4, label="median")
     left.barh([p - 0.2 for p in positions], p99s, 0.4, label="p99")
@@ -413,12 +466,21 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
         rates = [r["junk_per_s"] for r in junk_rows]
         share = [100 * r["opened"] / r["knocks"] if r["knocks"] else 0 for r in junk_rows]
         right.plot(rates, share, marker="o", label=name)
+        opened = [(r["junk_per_s"], r["p99_ms"]) for r in junk_rows if r["p99_ms"] is not None]
+        far.plot([rate for rate, _ in opened], [p99 for _, p99 in opened], marker="o", label=name)
     right.set_xscale("log")
     right.set_xlabel("junk datagrams/s at the knock port (achieved)")
     right.set_ylabel("valid knocks that opened, %")
     right.set_ylim(-5, 105)
     right.legend()
     right.set_title("Under junk")
+    far.axhline(GOAL_JUNK_P99_MS, color="grey", linestyle=":", label=f"goal {GOAL_JUNK_P99_MS:g} ms")
+    far.set_xscale("log")
+    far.set_yscale("log")
+    far.set_xlabel("junk datagrams/s at the knock port (achieved)")
+    far.set_ylabel("p99 of the valid knocks that opened, ms (log)")
+    far.legend()
+    far.set_title("Under junk: latency")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -428,7 +490,10 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
 def write_docs(results: dict[str, Any], docs: Path) -> None:
     """Replace the generated blocks (between their markers) with this run's tables."""
     text = docs.read_text()
-    blocks = {"compare.py table": table(results)}
+    run = (f"Run of {results.get('date', '?')}, machine {results['machine']['cpu']}, kernel "
+           f"{results['machine']['kernel']}, load average at start {results.get('loadavg_at_start', '?')}.")
+    blocks = {"compare.py table": f"{run}\n\n{table(results)}\n\nAgainst the goals (computed from this run):\n\n"
+                                  f"{verdicts(results)}"}
     if "memory" in results:
         blocks["memory.py table"] = memory.table(results["memory"])
     for name, body in blocks.items():
