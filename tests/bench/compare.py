@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""spa, fwknopd and knockd side by side: knock to open, and valid knocks under junk.
+"""spa, fwknopd and knockd side by side: knock to open, valid knocks under junk, and memory.
 
-Run as root: ``python3 tests/bench/compare.py [--count 30] [--rates 1000,10000,50000,100000]``.
+Run as root, after scripts/setup.sh (which builds build/junk and installs
+matplotlib): ``.venv/bin/python tests/bench/compare.py --docs``. That one
+command is the full benchmark (~8-10 minutes on 2 vCPUs): it writes the
+JSON, both generated blocks of docs/benchmarks.md ("Side by side" and
+"Memory") and docs/compare.png.
 
 One namespace world (tests/world: server, alice, bob), one run, the daemons
 all serving at once and knocked in turn (interleaved, round by round), so a
 busy moment of the machine lands on every daemon alike. The machinery is
 serve_latency.py's: its helper (fresh non-blocking connects every
 ``--interval-ms`` until one completes, kernel send timestamps for "from the
-wire"), its addresses (every knock from its own /32), its bounded
-``sendmmsg`` junk sender, its /proc figures. What differs per daemon is only
-the protected port, because each daemon guards its own:
+wire"), its addresses (every knock from its own /32), its /proc figures.
+What differs per daemon is only the protected port, because each daemon
+guards its own:
 
 * ``spa``           ``spa serve`` (nftables), tcp/22, each carrier as in serve_latency
 * ``fwknopd``       fwknopd 2.6 in its default pcap mode (udp/62202), iptables, tcp/2201
@@ -24,14 +28,21 @@ tcp/2201-2202 ports are closed by iptables DROP rules that fwknopd's own
 chain jumps ahead of; tcp/2203 by a small nftables table whose set knockd's
 start_command fills.
 
-Under junk: for each rate and each of spa (UDP carrier), fwknopd and
-fwknopd -U, serve_latency's junk sender in alice floods that daemon's knock
-port (bounded in packets and seconds) while bob sends ``--junk-knocks``
-valid knocks; the share that opened and their latency, the daemon's CPU
-seconds and peak RSS (/proc).
+Under junk: for each of ``--rates`` and each of spa (UDP carrier), fwknopd
+and fwknopd -U, the C junk sender (junk_sender.py, build/junk) in alice
+floods that daemon's knock port with SPA-shaped datagrams (bounded in
+packets and seconds) while bob sends ``--junk-knocks`` valid knocks, each
+given ``--junk-limit`` seconds; the share that opened and their latency,
+the daemon's CPU seconds and peak RSS (/proc). A daemon that opened none at
+one rate is not flooded at the higher ones.
+
+Then two phases in worlds of their own: DNS through Unbound (via_resolver.py,
+the demo's miniature internet) joins the knock-to-open table, and the
+memory bench (memory.py: ``--memory-count`` junk knocks from
+``--memory-sources`` spoofed sources, ``--memory-count 0`` skips it).
 
 Writes JSON (``--json FILE``, default tests/bench/results/compare-DATE.json),
-and with ``--docs`` the table section in docs/benchmarks.md and, if
+and with ``--docs`` the generated blocks in docs/benchmarks.md and, if
 matplotlib is importable, docs/compare.png.
 """
 
