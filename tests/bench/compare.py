@@ -298,6 +298,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from world.daemon import make_served, remove
 
     deadline = time.monotonic() + args.max_minutes * 60
+    phases_started = time.monotonic()
+    phases: dict[str, float] = {}  # how long each part took: the lead plans the full run by them
     results: dict[str, Any] = {"machine": sl.machine(), "count": args.count, "junk_knocks": args.junk_knocks,
                                "junk_limit_s": args.junk_limit, "loadavg_at_start": os.getloadavg()[0],
                                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -315,9 +317,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             bench = sl.Bench(world, served, key, otp_keys, rule, args.interval_ms / 1000, args.limit)
             knocker = Knocker(bench, others)
             results["idle_rss_mb"] = idle_rss(bench, others)
+            phases["set-up"] = time.monotonic() - phases_started
             results["knock_to_open"] = knock_to_open(knocker, args.count, deadline)
+            phases["knock to open"] = time.monotonic() - phases_started - sum(phases.values())
             bench.limit = args.junk_limit  # a knock under junk that has not opened by then counts as failed
             results["under_junk"] = under_junk(knocker, args, deadline)
+            phases["under junk"] = time.monotonic() - phases_started - sum(phases.values())
             final = bench.snapshot()
             results["peak_rss_mb"] = {"spa (worker + supervisor)": round(final.worker.hwm_mb + final.supervisor.hwm_mb, 1),
                                       **{name: sl.ProcessFigures.read(pid).hwm_mb for name, pid in others.pids.items()}}
@@ -327,11 +332,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             remove(served)
     # DNS through a real resolver: the demo's internet, a world of its own (after the other, not interleaved).
     replies = via_resolver.measure(args.count, args.interval_ms / 1000, args.limit, deadline)
+    phases["DNS through Unbound"] = time.monotonic() - phases_started - sum(phases.values())
     rows = results["knock_to_open"]
     results["knock_to_open"] = {**{k: rows[k] for k in list(rows)[:2]}, "unbound": figures(replies),
                                 **{k: rows[k] for k in list(rows)[2:]}}
     if args.memory_count > 0:  # a fresh world and spa serve of its own, so its peak is the flood's alone
         results["memory"] = memory.measure(args.memory_count, args.memory_sources, args.memory_rate)
+        phases["memory"] = time.monotonic() - phases_started - sum(phases.values())
+    results["phase_seconds"] = {name: round(seconds, 1) for name, seconds in phases.items()}
     return results
 
 

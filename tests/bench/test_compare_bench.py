@@ -9,6 +9,7 @@ docs/benchmarks.md ("Side by side: spa, fwknopd, knockd").
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,16 @@ def test_compare_benchmark_smoke(tmp_path: Path) -> None:
     assert memory["worker_restarts"] == 0
     assert memory["peak_rss_mb"]["worker"] > 0 and memory["peak_rss_mb"]["supervisor"] > 0
     assert all(row["opened"] for row in memory["after"].values()), memory["after"]
+
+    # The --docs path on a copy: both generated blocks replaced, the goals judged, the chart drawn.
+    sys.path.insert(0, str(SCRIPT.parent))
+    import compare
+
+    docs = tmp_path / "benchmarks.md"
+    shutil.copy(SCRIPT.parents[2] / "docs" / "benchmarks.md", docs)
+    compare.write_docs(figures, docs)
+    text = docs.read_text()
+    assert "spa DNS through Unbound | 2/2" in text and "| valid knock afterwards |" in text
+    assert "Against the goals (computed from this run)" in text and "Not yet run" not in text
+    assert compare.chart(figures, tmp_path / "compare.png") is None
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
