@@ -3,7 +3,7 @@
 
 Run as root, after scripts/setup.sh (which builds build/junk and installs
 matplotlib): ``.venv/bin/python tests/bench/compare.py --docs``. That one
-command is the full benchmark (~8-10 minutes on 2 vCPUs): it writes the
+command is the full benchmark (~10 minutes on 2 vCPUs): it writes the
 JSON, both generated blocks of docs/benchmarks.md ("Side by side" and
 "Memory") and docs/compare.png.
 
@@ -289,7 +289,9 @@ def junk_spa(knocker: Knocker, rate: int, knocks: int, spacing: float) -> dict[s
     out = junk_row(rate, sent, row["wall_s"], cpu, row["worker_hwm_mb"] + row["supervisor_hwm_mb"])
     out.update({"knocks": row["udp_knocks"], "opened": row["udp_opened"], "median_ms": row["udp_median_ms"],
                 "p99_ms": row["udp_p99_ms"], "worker_parsed_udp": row["worker_parsed_udp"],
-                "capture_dropped": row["capture_dropped"]})
+                "capture_dropped": row["capture_dropped"], "sender_cpu_s": row["sender_cpu_s"],
+                # What else the machine did meanwhile: a contended phase shows here.
+                "machine_busy_cpu_s": row["machine_busy_cpu_s"], "loadavg_1m": row["loadavg_1m"]})
     return out
 
 
