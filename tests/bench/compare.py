@@ -385,6 +385,10 @@ def versions() -> dict[str, str]:
 SECTION = "## Side by side: spa, fwknopd, knockd"
 
 
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value}"
+
+
 def table(results: dict[str, Any]) -> str:
     lines = ["| daemon, carrier | opened | total median | total p99 | from the wire median | from the wire p99 |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -393,18 +397,22 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"| {label} | {row['opened']}/{row['knocks']} | {row['median_ms']} | {row['p99_ms']} | "
                      f"{row['wire_median_ms']} | {row['wire_p99_ms']} |")
     lines += ["", "| junk target/s | daemon | junk sent/s | valid opened | median ms | p99 ms | daemon CPU s | "
-                  "CPU µs/junk packet | peak RSS MB |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "CPU µs/junk packet | peak RSS MB | spa: capture drops |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     junk = results.get("under_junk", {})
     for index in range(max((len(rows) for rows in junk.values()), default=0)):
         for name, rows in junk.items():
-            if index < len(rows) and rows[index].get("skipped"):
-                lines.append(f"| {rows[index]['target_per_s']} | {name} | – | not run: opened none at a lower rate "
-                             "| | | | | |")
-            elif index < len(rows):
-                r = rows[index]
-                lines.append(f"| {r['target_per_s']} | {name} | {r['junk_per_s']} | {r['opened']}/{r['knocks']} | "
-                             f"{r['median_ms']} | {r['p99_ms']} | {r['daemon_cpu_s']} | {r['cpu_us_per_packet']} | "
-                             f"{r['peak_rss_mb']} |")
+            if index >= len(rows):
+                continue
+            r = rows[index]
+            target = f"{r['target_per_s']:,}" if isinstance(r["target_per_s"], int) else r["target_per_s"]
+            if r.get("skipped"):
+                lines.append(f"| {target} | {name} | – | not run: opened none at a lower rate | | | | | | |")
+                continue
+            drops = f"{r['capture_dropped']:,}" if "capture_dropped" in r else "–"
+            lines.append(f"| {target} | {name} | {r['junk_per_s']:,} | {r['opened']}/{r['knocks']} | "
+                         f"{_ms(r['median_ms'])} | {_ms(r['p99_ms'])} | {r['daemon_cpu_s']} | {r['cpu_us_per_packet']} | "
+                         f"{r['peak_rss_mb']} | {drops} |")
     return "\n".join(lines)
 
 
@@ -439,7 +447,7 @@ def verdicts(results: dict[str, Any]) -> str:
     if unbound.get("wire_median_ms") is not None and direct.get("wire_median_ms") is not None:
         lines.append(f"- DNS through Unbound, bounded by the resolver: {unbound['wire_median_ms']:.2f} ms from the wire "
                      f"against {direct['wire_median_ms']:.2f} ms queried directly "
-                     f"(+{unbound['wire_median_ms'] - direct['wire_median_ms']:.2f} ms for the resolver's hop)")
+                     f"({unbound['wire_median_ms'] - direct['wire_median_ms']:+.2f} ms for the resolver's hop)")
     spa_rows = [r for r in results.get("under_junk", {}).get("spa", []) if not r.get("skipped")]
     good = [r for r in spa_rows if r["knocks"] and r["opened"] == r["knocks"] and r["p99_ms"] is not None
             and r["p99_ms"] <= GOAL_JUNK_P99_MS]
@@ -457,7 +465,14 @@ def verdicts(results: dict[str, Any]) -> str:
         peaks.append(("memory bench", round(peak["worker"] + peak["supervisor"], 1)))
     for where, value in peaks:
         state = "met" if value <= GOAL_RSS_MB else f"missed {_by(value, GOAL_RSS_MB, 'MB')}"
-        lines.append(f"- Peak RSS (worker + supervisor) ≤ {GOAL_RSS_MB:g} MB, {where}: **{state}** ({value} MB)")
+        note = ""
+        if where == "memory bench":
+            mem = results["memory"]
+            lost = mem["capture_dropped"] + mem["dns_socket_dropped"]
+            if lost:
+                note = (f"; the kernel dropped {lost:,} of the {mem['junk_sent']:,} junk packets before the worker "
+                        "read them, so fewer sources reached its tables than were sent")
+        lines.append(f"- Peak RSS (worker + supervisor) ≤ {GOAL_RSS_MB:g} MB, {where}: **{state}** ({value} MB{note})")
     return "\n".join(lines)
 
 
