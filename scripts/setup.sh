@@ -22,4 +22,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+
+# The benchmarks' junk sender (tests/bench/junk.c), built where git ignores it;
+# rebuilt every time (well under a second), so it always matches its source.
+mkdir -p build
+gcc -O2 -Wall -o build/junk tests/bench/junk.c

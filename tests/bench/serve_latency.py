@@ -30,10 +30,10 @@ sends, to the completed connect: includes the stock tool's start-up) and
 alice's interface, read by a packet socket in the helper, to the completed
 connect: excludes the start-up). All namespaces share one clock.
 
-**Under junk.** A bounded junk sender in alice's namespace (this file,
-``--junk``; ``sendmmsg`` through ctypes, random 64-byte datagrams, stops by
-itself after a packet count and a wall-clock limit, or when told) floods the
-UDP knock port at each rate of ``--rates`` (0: as fast as it can), while a
+**Under junk.** The C junk sender (tests/bench/junk.c, built to build/junk
+by scripts/setup.sh; ``sendmmsg``, random datagrams of SPA sizes 39-164
+bytes, stops by itself after a packet count and a wall-clock limit, or when
+told) in alice's namespace floods the UDP knock port at each rate of ``--rates`` (0: as fast as it can), while a
 second helper in bob's namespace sends ``--junk-knocks`` valid UDP knocks and
 ``--junk-icmp`` ping knocks spread over the flood, each from its own address,
 and records whether and how fast tcp/22 opened for it. Per rate: junk sent
@@ -52,7 +52,6 @@ with 3-second grants as in tests/e2e.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import itertools
 import json
@@ -73,11 +72,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# spa is imported inside the functions that need it: the helper and the junk
-# sender run this same file inside the namespaces and should start quickly.
+# spa is imported inside the functions that need it: the helper runs this
+# same file inside the namespaces and should start quickly.
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))  # tests/, for the world package
 sys.path.insert(0, str(HERE.parents[2]))  # the checkout, for spa
+sys.path.insert(0, str(HERE.parent))  # junk_sender
+
+import junk_sender  # noqa: E402
 
 if TYPE_CHECKING:
     from spa.core.keys import ClientKey
@@ -87,8 +89,6 @@ SERVICE = 22  # the protected port every knock opens
 UDP_PORT = 62201  # spa's UDP knock port (spa init's default)
 FIXED = ("7000", "8000:udp", "9000")  # the [sequences.office] fixed sequence
 POOL = range(10, 250)  # host parts of the extra client addresses: 10.77.N.10-249
-JUNK_SIZE = 64  # bytes of random payload: inside the UDP carrier's 39-164
-JUNK_BATCH = 512  # datagrams per sendmmsg call
 JUNK_LIMIT_S = 120.0  # a junk sender never runs longer than this
 JUNK_LIMIT_PACKETS = 50_000_000
 ATTEMPT_S = 0.005  # how long one connect attempt is waited for
@@ -230,7 +230,9 @@ class Helper:
         tool: subprocess.Popen[bytes] | None = None
         if "argv" in request:
             # Stock tools pick their own source: route the server's address from ours.
-            subprocess.run(["ip", "route", "replace", f"{server}/32", "dev", self.device, "src", source],
+            # (A server beyond a router is reached ``via`` its gateway.)
+            via = ["via", request["via"]] if request.get("via") else []
+            subprocess.run(["ip", "route", "replace", f"{server}/32", *via, "dev", self.device, "src", source],
                            check=True, capture_output=True, timeout=10)
         payload = bytes.fromhex(request.get("payload", ""))
         if payload:
@@ -272,77 +274,6 @@ def helper_main(device: str) -> None:
         except Exception as error:  # report, keep serving: the bench decides
             reply = {"ok": False, "error": f"{type(error).__name__}: {error}"}
         print(json.dumps(reply), flush=True)
-
-
-# --------------------------------------------------------------------------
-# The junk sender: bounded, random 64-byte datagrams through sendmmsg
-# --------------------------------------------------------------------------
-
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
-
-
-class _Msghdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(_Iovec)),
-                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                ("flags", ctypes.c_int)]
-
-
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = [("header", _Msghdr), ("length", ctypes.c_uint)]
-
-
-def junk_main(host: str, port: int, rate: int, seconds: float, count: int) -> None:
-    """Send up to ``count`` random datagrams at ``rate``/s (0: unpaced) for at most ``seconds``.
-
-    Stops early on SIGTERM. Every batch gets fresh random bytes, so no two
-    datagrams are alike. Prints what was sent and how long it took.
-    """
-    seconds = min(seconds, JUNK_LIMIT_S)
-    count = min(count, JUNK_LIMIT_PACKETS)
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    libc = ctypes.CDLL(None, use_errno=True)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sock.connect((host, port))
-    data = ctypes.create_string_buffer(JUNK_BATCH * JUNK_SIZE)
-    iovecs = (_Iovec * JUNK_BATCH)()
-    messages = (_Mmsghdr * JUNK_BATCH)()
-    for index in range(JUNK_BATCH):
-        iovecs[index].base = ctypes.addressof(data) + index * JUNK_SIZE
-        iovecs[index].length = JUNK_SIZE
-        messages[index].header.iov = ctypes.pointer(iovecs[index])
-        messages[index].header.iovlen = 1
-    sent = failed = 0
-    start = time.monotonic()
-    deadline = start + seconds
-    print(json.dumps({"ready": True}), flush=True)
-    while not stop and sent < count:
-        now = time.monotonic()
-        if now >= deadline:
-            break
-        due = count - sent if rate <= 0 else min(count, int((now - start) * rate) + 1) - sent
-        if due <= 0:
-            time.sleep(min(0.001, max(0.0, start + (sent + 1) / rate - now)))
-            continue
-        batch = min(due, JUNK_BATCH)
-        random = os.urandom(batch * JUNK_SIZE)
-        ctypes.memmove(data, random, len(random))
-        done = libc.sendmmsg(sock.fileno(), messages, batch, 0)
-        if done < 0:
-            failed += 1  # ENOBUFS and the like: the next batch tries again
-            continue
-        sent += done
-    elapsed = time.monotonic() - start
-    sock.close()
-    print(json.dumps({"sent": sent, "seconds": elapsed, "failed_calls": failed}), flush=True)
 
 
 # --------------------------------------------------------------------------
@@ -596,25 +527,22 @@ def under_junk(bench: Bench, rate: int, udp_knocks: int, icmp_knocks: int, spaci
     # Long enough for every knock to time out, so that all of them are sent under the flood.
     budget = min(JUNK_LIMIT_S, 2.0 + (udp_knocks + icmp_knocks) * (spacing + bench.limit + 0.2))
     count = JUNK_LIMIT_PACKETS if rate <= 0 else int(rate * budget)
-    junk = Remote(bench.world, bench.world.alice,
-                  ["--junk", "10.77.1.1", str(UDP_PORT), str(rate), str(budget), str(count)])
+    flood = junk_sender.Flood("10.77.1.1", (f"spa:{UDP_PORT}",), rate, budget, count)
+    junk = junk_sender.Junk(bench.world, bench.world.alice, flood)
     knocks: list[tuple[str, dict[str, Any]]] = []
     try:
         time.sleep(0.5)  # let the flood reach its pace (and fill a queue, if it will)
         total = udp_knocks + icmp_knocks
         icmp_at = {int((j + 0.5) * total / icmp_knocks) for j in range(icmp_knocks)} if icmp_knocks else set()
         for index in range(total):
-            if junk.process.poll() is not None:
+            if not junk.running():
                 break  # the flood ended (its own time limit): later knocks would not be under junk
             carrier = "icmp" if index in icmp_at else "udp"
             knocks.append((carrier, bench.knock("bob", carrier)))
             time.sleep(spacing)
     finally:
-        sender_cpu = ProcessFigures.read(junk.process.pid).cpu_s if junk.process.poll() is None else None
-        if junk.process.poll() is None:
-            os.kill(junk.process.pid, signal.SIGTERM)  # ours, by pid; it also stops by itself
-    sent = junk.read(30)
-    junk.process.wait(10)
+        sender_cpu = ProcessFigures.read(junk.process.pid).cpu_s if junk.running() else None
+        sent = junk.finish()  # SIGTERM by pid if still running; it also stops by itself
     bench.settle()
     after = bench.snapshot()
     row: dict[str, Any] = {
@@ -764,15 +692,9 @@ def main() -> int:
     parser.add_argument("--limit", type=float, default=3.0, help="seconds a knock may take to open")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--helper", metavar="DEVICE", help=argparse.SUPPRESS)
-    parser.add_argument("--junk", nargs=5, metavar=("HOST", "PORT", "RATE", "SECONDS", "COUNT"),
-                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.helper:
         helper_main(args.helper)
-        return 0
-    if args.junk:
-        host, port, rate, seconds, count = args.junk
-        junk_main(host, int(port), int(rate), float(seconds), int(count))
         return 0
     # Bounded either way: these are knocks and floods, not a soak test.
     args.count = max(0, min(args.count, 200))
@@ -783,6 +705,11 @@ def main() -> int:
     args.interval_ms = max(0.05, min(args.interval_ms, 100.0))
     if os.geteuid() != 0:
         print("serve_latency: needs root (it makes network namespaces)", file=sys.stderr)
+        return 2
+    try:
+        junk_sender.binary()  # before the world is built, not minutes into the run
+    except junk_sender.JunkMissing as error:
+        print(f"serve_latency: {error}", file=sys.stderr)
         return 2
     results = measure(args)
     if args.json:
