@@ -21,7 +21,7 @@ two people behind one NAT can break each other's sequences; payload tokens
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import struct
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -30,27 +30,38 @@ from spa.core.sequence import StaticSequence
 
 
 class Hit(NamedTuple):
-    """One packet to a watched port, as remembered for its source.
+    """One packet to a watched port, as remembered for its source."""
 
-    A flat NamedTuple rather than a Request and a time: up to 16 per source
-    for 65,536 sources, and it keeps no reference to the intake's objects.
-    """
-
-    proto: str
+    proto: int  # index in PROTOS
     port: int
     time: float
+
+
+PROTOS = ("tcp", "udp")
+_PACKED = struct.Struct("<BHd")  # a Hit in 11 bytes
+
+
+def _unpack(packed: bytes) -> list[Hit]:
+    return [Hit._make(fields) for fields in _PACKED.iter_unpack(packed)]
+
+
+def _pack(hits: list[Hit]) -> bytes:
+    return b"".join(_PACKED.pack(*hit) for hit in hits)
 
 
 class Tracker:
     """Per-source progress through port sequences; bounded memory (LRU of sources).
 
     Not thread-safe: one intake loop owns it. Each source keeps at most as
-    many hits as the longest sequence has ports, in a plain list trimmed
-    from the front (a ``deque`` costs 760 bytes even empty, 50 MB over
-    65,536 sources; a list of three hits costs 88). At most ``max_sources``
-    sources are kept, the least recently active dropped first: someone
-    spraying spoofed sources can push a person's half-done sequence out,
-    as they could by sending one stray port from that person's address.
+    many hits as the longest sequence has ports, packed into one small
+    ``bytes`` (11 bytes a hit) under the address's packed bytes, in a plain
+    dict whose order is its LRU: ~190 bytes a source, 12 MB for 65,536,
+    where lists of tuples keyed by ``ipaddress`` objects took ~600 (the
+    memory bench, docs/benchmarks.md, showed the difference). At most
+    ``max_sources`` sources are kept, the least recently active dropped
+    first: someone spraying spoofed sources can push a person's half-done
+    sequence out, as they could by sending one stray port from that
+    person's address.
     """
 
     def __init__(
@@ -60,10 +71,11 @@ class Tracker:
             raise ValueError("max_sources must be at least 1")
         self.otp_timeout = otp_timeout
         self.max_sources = max_sources
-        self._sources: OrderedDict[IPAddress, list[Hit]] = OrderedDict()
+        # packed address -> packed hits; insertion order is recency (pop and re-insert).
+        self._sources: dict[bytes, bytes] = {}
         self._otp: Mapping[tuple[int, ...], SequenceHit] = {}
         self._otp_lengths: tuple[int, ...] = ()
-        self._by_last: dict[tuple[str, int], tuple[tuple[StaticSequence, tuple[tuple[str, int], ...]], ...]] = {}
+        self._by_last: dict[tuple[int, int], tuple[tuple[StaticSequence, tuple[tuple[int, int], ...]], ...]] = {}
         self._static_depth = 0
         self._depth = 1
         self.set_statics(statics)
@@ -72,7 +84,7 @@ class Tracker:
         """Replace the fixed sequences (on reload). Progress so far is kept."""
         by_last: dict[tuple[str, int], list[tuple[StaticSequence, tuple[tuple[str, int], ...]]]] = {}
         for static in statics:
-            steps = tuple((step.proto, step.port) for step in static.steps)
+            steps = tuple((PROTOS.index(step.proto), step.port) for step in static.steps)
             # Indexed by the final step: only a hit on that step can complete it.
             by_last.setdefault(steps[-1], []).append((static, steps))
         self._by_last = {last: tuple(group) for last, group in by_last.items()}
@@ -98,26 +110,30 @@ class Tracker:
 
     def hit(self, source: IPAddress, request: Request, received: float) -> list[Knock]:
         """Record one packet to a watched port; the knocks it completes (usually none)."""
-        proto, port = request.proto, request.port
-        hits = self._sources.get(source)
-        if hits is None:
-            if len(self._sources) >= self.max_sources:
-                self._sources.popitem(last=False)
-            hits = self._sources[source] = []
-        else:
-            self._sources.move_to_end(source)
+        proto, port = PROTOS.index(request.proto), request.port
+        key = source.packed
+        packed = self._sources.pop(key, None)
+        if packed is None and len(self._sources) >= self.max_sources:
+            del self._sources[next(iter(self._sources))]
+        hits = _unpack(packed) if packed else []
         if hits and hits[-1].port == port and hits[-1].proto == proto:
             # A retransmitted SYN (or `knock` re-run with the first port after
             # a lost attempt): refresh its time rather than count it twice.
             hits[-1] = Hit(proto, port, received)
+            self._sources[key] = _pack(hits)
             return []
         hits.append(Hit(proto, port, received))
         if len(hits) > self._depth:
             del hits[: len(hits) - self._depth]
         found = self._statics_completed(hits, source, received) + self._otp_completed(hits, source, received)
-        if found:
-            hits.clear()  # a completed sequence is not the start of the next
+        # A completed sequence is not the start of the next.
+        self._sources[key] = b"" if found else _pack(hits)
         return found
+
+    def hits(self, source: IPAddress) -> list[Hit]:
+        """What is remembered for ``source`` (for tests and diagnostics)."""
+        packed = self._sources.get(source.packed)
+        return _unpack(packed) if packed else []
 
     def _statics_completed(self, hits: list[Hit], source: IPAddress, received: float) -> list[Knock]:
         found: list[Knock] = []

@@ -187,7 +187,7 @@ class Gate:
         seen = self._seen(knock, token, address, entry.name)
         if seen is not None:
             return seen
-        if not self._source_rate.take(knock.source, knock.received):
+        if not self._source_rate.take(knock.source.packed, knock.received):
             return self._reject(knock, Reason.RATE_LIMITED, "too many attempts from this source", entry.name)
         bound = None if fields.mode == AddressMode.UNBOUND else address
         if not compact.mac_matches(entry.mac_key, plain, bound):
@@ -220,7 +220,7 @@ class Gate:
             # same address is judged below, anything else is a replay now.
             if knock.received - previous.accepted > self.settings.repeat_window:
                 return self._reject(knock, Reason.REPLAY, f"first accepted for {previous.address}", entry.name)
-        if not self._source_rate.take(knock.source, knock.received):
+        if not self._source_rate.take(knock.source.packed, knock.received):
             return self._reject(knock, Reason.RATE_LIMITED, "too many attempts from this source", entry.name)
         aead = self.keyring.wire if signed else entry.aead
         assert aead is not None  # checked with the key above
@@ -351,7 +351,7 @@ class Gate:
         refusal = policy.refusal(knock.carrier, knock.source, policy.open, False)
         if refusal:
             return self._reject(knock, Reason.POLICY, refusal, who)
-        if not self._source_rate.take(knock.source, knock.received):
+        if not self._source_rate.take(knock.source.packed, knock.received):
             return self._reject(knock, Reason.RATE_LIMITED, "too many attempts from this source", who)
         if not self._key_rate.take(who, knock.received):
             return self._reject(knock, Reason.RATE_LIMITED, "too many grants for this sequence", who)

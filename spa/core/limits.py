@@ -14,27 +14,35 @@ from dataclasses import dataclass
 
 
 class Buckets:
-    """A token bucket per key: ``rate`` per second, up to ``burst`` at once."""
+    """A token bucket per key: ``rate`` per second, up to ``burst`` at once.
+
+    Kept as one float per key, the time at which the key's bucket would be
+    full again (the "theoretical arrival time" of the generic cell rate
+    algorithm, which behaves exactly like a token bucket): ~120 bytes a key
+    with a packed address as the key, where two floats in a tuple under an
+    ``ipaddress`` object took ~230.
+    """
 
     def __init__(self, rate: float, burst: float, capacity: int) -> None:
         self.rate = rate
         self.burst = burst
         self.capacity = capacity
+        self._interval = 1.0 / rate
+        self._tolerance = (burst - 1.0) * self._interval
         # A dict keeps insertion order: pop and re-insert moves a key to the end,
         # so the first key is the least recently used.
-        self._buckets: dict[Hashable, tuple[float, float]] = {}
+        self._full_at: dict[Hashable, float] = {}
 
     def __len__(self) -> int:
-        return len(self._buckets)
+        return len(self._full_at)
 
     def take(self, key: Hashable, now: float) -> bool:
         """Spend one token for ``key``; False if its bucket is empty."""
-        tokens, last = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
-        allowed = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
-        if len(self._buckets) > self.capacity:
-            del self._buckets[next(iter(self._buckets))]
+        full_at = max(self._full_at.pop(key, now), now)
+        allowed = full_at - now <= self._tolerance + 1e-9
+        self._full_at[key] = full_at + self._interval if allowed else full_at
+        if len(self._full_at) > self.capacity:
+            del self._full_at[next(iter(self._full_at))]
         return allowed
 
 

@@ -145,7 +145,7 @@ def _open(program: list[tuple[int, int, int, int]], name: str, rcvbuf: int) -> s
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         except OSError as error:
             raise CaptureError(f"this kernel lacks PACKET_IGNORE_OUTGOING (Linux 4.20+): {error.strerror}") from None
-        _set_rcvbuf(sock, rcvbuf)
+        set_receive_buffer(sock, rcvbuf)
         try:
             attach(sock, program)
         except OSError as error:
@@ -165,7 +165,8 @@ def _index(name: str) -> int:
         raise CaptureError(f"cannot capture on {name!r}: no such network interface") from None
 
 
-def _set_rcvbuf(sock: socket.socket, size: int) -> None:
+def set_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for a ``size``-byte receive queue, past ``net.core.rmem_max`` when privileged."""
     # SO_RCVBUFFORCE passes net.core.rmem_max but needs CAP_NET_ADMIN; without
     # it the plain option still gives what the system allows, which is enough
     # to run, so no error.

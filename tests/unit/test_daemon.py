@@ -4,6 +4,7 @@ what needs a restart, and the worker fed with packet bytes (no sockets, no root)
 from __future__ import annotations
 
 import errno
+import os
 import ipaddress
 import json
 import time
@@ -321,3 +322,20 @@ def test_die_with_parent_arms_the_signal_and_refuses_a_parent_already_gone() -> 
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_dns_sockets_get_a_large_receive_queue() -> None:
+    """A DNS flood queues instead of dropping valid knocks with it (as the capture)."""
+    import socket
+    from pathlib import Path as _Path
+
+    from spa.daemon import listeners
+
+    udp, tcp = listeners._dns_pair("127.0.0.1", 4, 0)
+    try:
+        granted = udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # the kernel reports twice the ask
+        rmem_max = int(_Path("/proc/sys/net/core/rmem_max").read_text())
+        assert granted >= 2 * (listeners.DNS_RCVBUF if os.geteuid() == 0 else min(listeners.DNS_RCVBUF, rmem_max))
+    finally:
+        udp.close()
+        tcp.close()

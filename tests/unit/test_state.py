@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from makings import CLIENT, NOW
 
 from spa.core.ledger import FOREVER, Entry, FileLedger, LedgerCorrupt
@@ -104,6 +106,29 @@ def test_buckets_refill_and_stay_bounded() -> None:
     for n in range(1000):
         buckets.take(ipaddress.ip_address(n), 0.0)
     assert len(buckets) == 100
+
+
+def _reference_bucket(rate: float, burst: float, steps: list[float]) -> list[bool]:
+    """The plain token bucket (tokens and a timestamp) Buckets replaced."""
+    tokens, last, out = burst, steps[0] if steps else 0.0, []
+    for now in steps:
+        tokens = min(burst, tokens + max(0.0, now - last) * rate)
+        last = now
+        out.append(tokens >= 1.0)
+        if out[-1]:
+            tokens -= 1.0
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0.01, 100), st.integers(1, 30), st.lists(st.floats(0, 5), max_size=60))
+def test_buckets_decide_as_a_token_bucket_would(rate: float, burst: int, gaps: list[float]) -> None:
+    steps, now = [], 1000.0
+    for gap in gaps:
+        now += round(gap, 3)
+        steps.append(now)
+    buckets = Buckets(rate, burst, capacity=4)
+    assert [buckets.take(b"k", at) for at in steps] == _reference_bucket(rate, burst, steps)
 
 
 def test_lockout_threshold_period_and_expiry() -> None:
