@@ -87,6 +87,9 @@ def flood_and_check(bench: sl.Bench, count: int, sources: int, rate: int) -> dic
         "rss_before_mb": {"worker": before.worker.rss_mb, "supervisor": before.supervisor.rss_mb},
         "rss_after_mb": {"worker": after.worker.rss_mb, "supervisor": after.supervisor.rss_mb},
         "peak_rss_mb": {"worker": after.worker.hwm_mb, "supervisor": after.supervisor.hwm_mb},
+        # RSS counts the pages the forked worker still shares with the supervisor
+        # twice when summed; PSS splits them, so its sum is what the two really use.
+        "pss_after_mb": {"worker": after.worker.pss_mb, "supervisor": after.supervisor.pss_mb},
         "worker_restarts": log.count("worker exited"),
         "after": {carrier: {"opened": reply["opened"], "wire_ms": reply.get("wire_ms"),
                             "total_ms": reply.get("total_ms")} for carrier, reply in knocks.items()},
@@ -133,6 +136,8 @@ def table(memory: dict[str, Any]) -> str:
         f"| worker RSS at rest → peak MB | {before['worker']} → {peak['worker']} |",
         f"| supervisor RSS at rest → peak MB | {before['supervisor']} → {peak['supervisor']} |",
         f"| **peak RSS, worker + supervisor MB** | **{round(peak['worker'] + peak['supervisor'], 1)}** |",
+        f"| PSS after the flood, worker + supervisor MB (shared pages once) | "
+        f"{round(sum(memory.get('pss_after_mb', {}).values()), 1)} |",
         f"| worker CPU s, supervisor CPU s | {memory['worker_cpu_s']}, {memory['supervisor_cpu_s']} |",
         f"| worker restarts | {memory['worker_restarts']} |",
         f"| valid knock afterwards | {opened} |",

@@ -330,6 +330,7 @@ class ProcessFigures:
     cpu_s: float
     hwm_mb: float
     rss_mb: float
+    pss_mb: float = 0.0  # proportional: pages shared with the other process counted half
 
     @staticmethod
     def read(pid: int) -> ProcessFigures:
@@ -342,7 +343,14 @@ class ProcessFigures:
             match = re.search(rf"^{name}:\s+(\d+) kB", status, re.M)
             return int(match.group(1)) / 1024 if match else 0.0
 
-        return ProcessFigures(ticks / os.sysconf("SC_CLK_TCK"), round(kib("VmHWM"), 1), round(kib("VmRSS"), 1))
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            match = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
+            pss = int(match.group(1)) / 1024 if match else 0.0
+        except OSError:
+            pss = 0.0
+        return ProcessFigures(ticks / os.sysconf("SC_CLK_TCK"), round(kib("VmHWM"), 1), round(kib("VmRSS"), 1),
+                              round(pss, 1))
 
 
 @dataclass
