@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-import segno
 
 from spa.core import config as config_module
 from spa.core import keys, otp
@@ -242,6 +241,8 @@ def _print_totp(record: KeyRecord, issuer: str) -> None:
     uri = otp.otpauth_uri(record.totp_secret, record.name, issuer=f"spa {issuer}", digits=record.totp_digits)
     print("\nScan with an authenticator app (or enter the URI):")
     print(uri)
+    import segno  # here, not at the top: it pulls in urllib, http and xml, which `spa serve` never needs
+
     segno.make(uri, error="m").terminal(out=sys.stdout, compact=True)
     print(f"then knock with:  nslookup {record.name}-<code>.<zone>   or   ping -c 2 -p {record.key_id:04x}<code> SERVER")
 

@@ -13,7 +13,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from dnslib import DNSRecord
 
 from spa.core.events import IPAddress, Request
 from spa.errors import SpaError
@@ -76,6 +75,8 @@ def send_dns(name: str, server: str | None, timeout: float = 2.0) -> str:
     """
     if server is None:
         server = system_resolver()
+    from dnslib import DNSRecord  # here: the daemon imports this module via the CLI, and never sends queries
+
     query = DNSRecord.question(name).pack()
     address = ipaddress.ip_address(server)
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6

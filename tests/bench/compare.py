@@ -556,7 +556,7 @@ def fresh_path(directory: Path, stem: str) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=30, help="knocks per daemon and carrier")
-    parser.add_argument("--rates", default="10000,50000,100000,200000,400000",
+    parser.add_argument("--rates", default="10000,50000,100000,150000,200000,400000",
                         help="junk datagrams/s, comma-separated (0: as fast as the sender can)")
     parser.add_argument("--junk-knocks", type=int, default=30, help="valid knocks per daemon and junk rate")
     parser.add_argument("--junk-limit", type=float, default=2.0, help="seconds a knock under junk may take to open")
