@@ -142,6 +142,13 @@ class Replays:
         time.sleep(max(0.0, max(knock.accepted for knock in self.knocks) + REPEAT_WINDOW + 0.5 - time.time()))
         assert wait_until(lambda: live_grants(self.k.served, self.k.world.server) == [], GRANT + 5, 0.2)
 
+    def copies_are_replays(self) -> None:
+        """Inside the time window, every copy is refused as a replay and opens nothing."""
+        self.still_in_window()
+        offset = self.resend_all()
+        self.replayed(offset)
+        self.nobody_granted_again(offset)
+
     def still_in_window(self) -> None:
         left = min(knock.expires for knock in self.knocks) - time.time()
         assert left > 1, f"the machine is too slow for this test: the window closed {-left:.0f} s early"
@@ -290,10 +297,7 @@ def test_a_copy_at_once_is_a_duplicate_from_its_origin_and_refused_from_bob(repl
 def test_copies_later_in_the_window_are_replays_from_anywhere(replays: Replays) -> None:
     r = replays
     r.settled()
-    r.still_in_window()
-    offset = r.resend_all()
-    r.replayed(offset)
-    r.nobody_granted_again(offset)
+    r.copies_are_replays()
 
 
 def test_copies_after_sigkill_of_spa_and_its_worker_are_replays(replays: Replays) -> None:
@@ -313,10 +317,7 @@ def test_copies_after_sigkill_of_spa_and_its_worker_are_replays(replays: Replays
     assert wait_until(lambda: not running(worker), 5, 0.05)
     assert r.k.probe() == "dropped"  # the guard stays while spa is down
     served.start()
-    r.still_in_window()
-    offset = r.resend_all()
-    r.replayed(offset)
-    r.nobody_granted_again(offset)
+    r.copies_are_replays()
 
 
 def test_copies_after_sigkill_of_the_supervisor_are_replays(replays: Replays) -> None:
@@ -340,10 +341,7 @@ def test_copies_after_sigkill_of_the_supervisor_are_replays(replays: Replays) ->
     assert wait_until(lambda: not running(worker), 3, 0.05), "the worker outlived SIGKILL of spa"
     assert r.k.probe() == "dropped"
     served.start()
-    r.still_in_window()
-    offset = r.resend_all()
-    r.replayed(offset)
-    r.nobody_granted_again(offset)
+    r.copies_are_replays()
 
 
 def test_copies_after_a_clean_restart_are_replays(replays: Replays) -> None:
@@ -369,10 +367,7 @@ def test_copies_after_a_clean_restart_are_replays(replays: Replays) -> None:
         r.await_lines(offset, {f"rejected key fresh from {ALICE} via icmp: replayed token": 1})
     assert r.log().count("accepted fresh via icmp") == 1
     assert k.probe() == "dropped", "the grant the restart ended came back"
-    r.still_in_window()
-    offset = r.resend_all()
-    r.replayed(offset)
-    r.nobody_granted_again(offset)
+    r.copies_are_replays()
 
 
 def test_copies_after_the_window_are_stale(replays: Replays) -> None:
