@@ -41,21 +41,13 @@ PROTOS = ("tcp", "udp")
 _PACKED = struct.Struct("<BHd")  # a Hit in 11 bytes
 
 
-def _unpack(packed: bytes) -> list[Hit]:
-    return [Hit._make(fields) for fields in _PACKED.iter_unpack(packed)]
-
-
-def _pack(hits: list[Hit]) -> bytes:
-    return b"".join(_PACKED.pack(*hit) for hit in hits)
-
-
 class Tracker:
     """Per-source progress through port sequences; bounded memory (LRU of sources).
 
     Not thread-safe: one intake loop owns it. Each source keeps at most as
     many hits as the longest sequence has ports, packed into one small
     ``bytes`` (11 bytes a hit) under the address's packed bytes, in a plain
-    dict whose order is its LRU: ~190 bytes a source, 12 MB for 65,536,
+    dict whose order is its LRU: ~180 bytes a source, 12 MB for 65,536,
     where lists of tuples keyed by ``ipaddress`` objects took ~600 (the
     memory bench, docs/benchmarks.md, showed the difference). At most
     ``max_sources`` sources are kept, the least recently active dropped
@@ -110,47 +102,47 @@ class Tracker:
 
     def hit(self, source: IPAddress, request: Request, received: float) -> list[Knock]:
         """Record one packet to a watched port; the knocks it completes (usually none)."""
-        proto, port = PROTOS.index(request.proto), request.port
+        proto, port = (0 if request.proto == PROTOS[0] else 1), request.port
         key = source.packed
         packed = self._sources.pop(key, None)
-        if packed is None and len(self._sources) >= self.max_sources:
-            del self._sources[next(iter(self._sources))]
-        hits = _unpack(packed) if packed else []
-        if hits and hits[-1].port == port and hits[-1].proto == proto:
+        if packed is None:
+            if len(self._sources) >= self.max_sources:
+                del self._sources[next(iter(self._sources))]
+            packed = b""
+        new = _PACKED.pack(proto, port, received)
+        if packed and packed[-_PACKED.size:-8] == new[:3]:
             # A retransmitted SYN (or `knock` re-run with the first port after
             # a lost attempt): refresh its time rather than count it twice.
-            hits[-1] = Hit(proto, port, received)
-            self._sources[key] = _pack(hits)
+            self._sources[key] = packed[:-_PACKED.size] + new
             return []
-        hits.append(Hit(proto, port, received))
-        if len(hits) > self._depth:
-            del hits[: len(hits) - self._depth]
+        packed = (packed + new)[-self._depth * _PACKED.size:]
+        # Plain (proto, port, time) tuples: this runs for every SYN of a flood.
+        hits = list(_PACKED.iter_unpack(packed))
         found = self._statics_completed(hits, source, received) + self._otp_completed(hits, source, received)
         # A completed sequence is not the start of the next.
-        self._sources[key] = b"" if found else _pack(hits)
+        self._sources[key] = b"" if found else packed
         return found
 
     def hits(self, source: IPAddress) -> list[Hit]:
         """What is remembered for ``source`` (for tests and diagnostics)."""
-        packed = self._sources.get(source.packed)
-        return _unpack(packed) if packed else []
+        return [Hit._make(fields) for fields in _PACKED.iter_unpack(self._sources.get(source.packed, b""))]
 
-    def _statics_completed(self, hits: list[Hit], source: IPAddress, received: float) -> list[Knock]:
+    def _statics_completed(self, hits: list[tuple[int, int, float]], source: IPAddress, received: float) -> list[Knock]:
         found: list[Knock] = []
-        last = hits[-1]
-        for static, steps in self._by_last.get((last.proto, last.port), ()):
+        proto, port, _ = hits[-1]
+        for static, steps in self._by_last.get((proto, port), ()):
             size = len(steps)
-            if len(hits) < size or received - hits[-size].time > static.timeout:
+            if len(hits) < size or received - hits[-size][2] > static.timeout:
                 continue
-            if all((hit.proto, hit.port) == step for hit, step in zip(hits[-size:], steps)):
+            if all(hit[:2] == step for hit, step in zip(hits[-size:], steps)):
                 found.append(Knock(Carrier.SEQUENCE, Form.STATIC, StaticHit(static.name), source, received))
         return found
 
-    def _otp_completed(self, hits: list[Hit], source: IPAddress, received: float) -> list[Knock]:
+    def _otp_completed(self, hits: list[tuple[int, int, float]], source: IPAddress, received: float) -> list[Knock]:
         for size in self._otp_lengths:  # longest first: the most specific match
-            if len(hits) < size or received - hits[-size].time > self.otp_timeout:
+            if len(hits) < size or received - hits[-size][2] > self.otp_timeout:
                 continue
-            found = self._otp.get(tuple(hit.port for hit in hits[-size:]))
+            found = self._otp.get(tuple(hit[1] for hit in hits[-size:]))
             if found is not None:
                 return [Knock(Carrier.SEQUENCE, Form.SEQUENCE, found, source, received)]
         return []
