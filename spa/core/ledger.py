@@ -4,10 +4,12 @@ A token is recorded (and, in a :class:`FileLedger`, written and fsynced)
 before its grant is applied, so neither a restart nor SIGKILL lets it be
 accepted twice. The daemon's worker defers the fsync (``sync_each=False``)
 so that the supervisor can check a grant while the disk works, then calls
-:meth:`Ledger.sync` and releases the grant only once it returns. An entry is dropped once its token time is more than
-``retention`` seconds old; from then on the *floor* (the newest token time
-ever dropped) refuses any token at or below it. Without the floor, a clock
-stepped back after pruning would make pruned tokens acceptable again.
+:meth:`Ledger.sync` and releases the grant only once it returns.
+
+An entry is dropped once its token time is more than ``retention``
+seconds old; from then on the *floor* (the newest token time ever dropped)
+refuses any token at or below it. Without the floor, a clock stepped back
+after pruning would make pruned tokens acceptable again.
 
 Codes that never go stale (emergency codes) are recorded with time
 :data:`FOREVER` and are never pruned.

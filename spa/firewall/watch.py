@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import socket
 
-NETLINK_NETFILTER = 12  # <linux/netlink.h>
+from .netlink import NETLINK_NETFILTER
+
 NFNLGRP_NFTABLES = 7  # <linux/netfilter/nfnetlink.h>
 RECEIVE_BUFFER = 1 << 16
 
