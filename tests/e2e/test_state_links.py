@@ -18,6 +18,7 @@ protection would let nobody reach.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -25,6 +26,8 @@ import pwd
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +47,7 @@ ALICE = ipaddress.ip_address("10.77.1.2")
 # before this fix (status.json and its temporary file, the ledger* entries).
 SYMLINKS = ("status.json.tmp", "status.json", "ledger.tmp", "ledger-planted")
 HARDLINKS = ("ledger.hard", "status.json.hard")
+DAC_OVERRIDE, DAC_READ_SEARCH = 1, 2  # capability numbers (linux/capability.h)
 
 def plant_as(account: pwd.struct_passwd, directory: int, sources: int,
              links: dict[str, tuple[str, str]]) -> dict[str, str]:
@@ -202,3 +206,43 @@ def test_links_planted_by_the_worker_user_leave_every_target_untouched(
     after = snapshot(targets)
     changed = {name: (before[name], after[name]) for name in targets if before[name] != after[name]}
     assert not changed, f"root changed files through planted links: {changed}\nplanted: {planted}"
+
+
+def test_the_supervisor_needs_no_right_to_read_or_write_the_workers_files(prepared: Knocking) -> None:
+    """Root's side never opens a file of the worker's: spa serves, and restarts on
+    its own replay state, without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH."""
+    k = prepared
+    bounded = dataclasses.replace(k.served, exec_argv=lambda argv: k.world.server.exec_argv(
+        ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *argv]))
+    for run in range(2):  # the second start finds the worker's ledger from the first
+        bounded.start()
+        supervisor = bounded.process
+        assert supervisor is not None
+        assert not int(capabilities(supervisor.pid), 16) & (1 << DAC_OVERRIDE | 1 << DAC_READ_SEARCH)
+        assert status_written_after(k, time.time()), bounded.log()
+        pattern = tokens.ping_pattern(tokens.compact_token(k.key, int(time.time()) + run, ALICE))
+        k.world.alice.run(["ping", "-c", "1", "-W", "1", "-p", pattern, "10.77.1.1"], check=False, timeout=30)
+        assert k.opens(), bounded.log()
+        assert bounded.stop() == 0
+    assert "cannot write" not in bounded.log(), bounded.log()
+
+
+def capabilities(pid: int) -> str:
+    """CapEff of ``pid`` (setpriv execs spa in place, so it is spa's)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return line.split()[1]
+    raise AssertionError(f"no CapEff for {pid}")
+
+
+def test_serve_refuses_a_key_store_others_can_write(prepared: Knocking) -> None:
+    k = prepared
+    keys = k.served.directory / "keys"
+    keys.chmod(0o770)
+    result = subprocess.run(k.world.server.exec_argv([sys.executable, "-m", "spa", "serve", "--config", str(k.served.config)]),
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"spa: {keys}: writable by group or others (mode 0770); spa trusts no config, key or state path "
+        f"anyone but root could change (chmod go-w {keys})"], result.stderr
+    assert "spa_guard" not in k.world.server.run(["nft", "list", "tables"]).stdout
