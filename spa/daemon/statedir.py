@@ -205,4 +205,5 @@ def _read_until(descriptor: int, deadline: float) -> bytes:
         if not chunk:
             return data
         data += chunk
-    raise SpaError(f"a check as the worker's user took over {CHECK_WAIT:.0f} s (is something in the state directory blocking?)")
+    raise SpaError(f"a check as the worker's user took over {CHECK_WAIT:.0f} s "
+                   "(is something in the state directory blocking?)")

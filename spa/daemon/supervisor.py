@@ -462,8 +462,9 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
     try:
         # The worker syncs the ledger itself, after sending a grant and
         # before the supervisor may apply it (worker.Worker._release).
+        state = statedir.enter(state)  # as the worker's user now: its own directory, for anything it keeps
         ledger = FileLedger(config.state_dir / statedir.WORKER / LEDGER, ledger_retention(config),
-                            directory=statedir.enter(state), sync_each=False)
+                            directory=state, sync_each=False)
     except OSError as problem:
         user = account.name if account else "this user"
         raise SpaError(f"{config.state_dir}: replay state not writable by {user}: {problem.strerror or problem}") from None

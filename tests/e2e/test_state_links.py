@@ -239,8 +239,8 @@ def test_serve_refuses_a_key_store_others_can_write(prepared: Knocking) -> None:
     k = prepared
     keys = k.served.directory / "keys"
     keys.chmod(0o770)
-    result = subprocess.run(k.world.server.exec_argv([sys.executable, "-m", "spa", "serve", "--config", str(k.served.config)]),
-                            capture_output=True, text=True, timeout=30, check=False)
+    serve = [sys.executable, "-m", "spa", "serve", "--config", str(k.served.config)]
+    result = subprocess.run(k.world.server.exec_argv(serve), capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"spa: {keys}: writable by group or others (mode 0770); spa trusts no config, key or state path "
