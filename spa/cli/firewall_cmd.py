@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
@@ -24,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from spa.core.events import Request
+from spa.daemon.messages import valid_counter
+from spa.daemon.statedir import read_status
 from spa.errors import SpaError
 from spa.firewall import BACKENDS, Backend, FirewallSettings, LiveGrant, open_backend
 from spa.firewall.nft_render import guard_script
@@ -149,17 +152,36 @@ def format_counters(config_path: Path) -> str:
     """The counters the running server last wrote to its state directory."""
     from spa.core import config  # only when asked, as in settings_from_args
 
-    path = config.load(config_path).state_dir / "status.json"
     try:
-        status = json.loads(path.read_text())
+        status = json.loads(read_status(config.load(config_path).state_dir))
     except (OSError, ValueError):
         return "server: no counters (is spa serve running?)\n"
-    age = time.time() - float(status.get("time", 0))
-    lines = [f"server: worker {status.get('worker')}, {status.get('grants_applied', 0)} grants applied, "
-             f"counters from {age:.0f} s ago"]
-    for name, value in sorted(status.get("counts", {}).items()):
-        lines.append(f"  {name:<24} {value}")
+    return describe_status(status if isinstance(status, dict) else {}, time.time())
+
+
+def describe_status(status: dict[str, object], now: float) -> str:
+    """status.json for people. Its counter names once came from the worker, so
+    only names and numbers of the shape spa makes are printed, never raw text
+    (a name could carry terminal escape sequences)."""
+    counts = status.get("counts")
+    counts = counts if isinstance(counts, dict) else {}
+    shown = sorted((name, value) for name, value in counts.items() if valid_counter(name, value))
+    at = status.get("time")
+    age = f"{now - at:.0f} s ago" if _number(at) and math.isfinite(at) else "an unknown time"  # type: ignore[operator]
+    lines = [f"server: worker {_whole(status.get('worker'))}, {_whole(status.get('grants_applied'))} grants applied, "
+             f"counters from {age}"]
+    lines += [f"  {name:<24} {value}" for name, value in shown]
+    if len(shown) < len(counts):
+        lines.append(f"  ({len(counts) - len(shown)} entries not shown: not counters spa writes)")
     return "\n".join(lines) + "\n"
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole(value: object) -> str:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else "?"
 
 
 def format_status(grants: list[LiveGrant]) -> str:
@@ -186,7 +208,9 @@ def write_atomically(path: Path, text: str) -> None:
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
-        os.chmod(temporary, 0o644)
+            # By descriptor: the directory may be writable by others, who
+            # could swap the temporary name for a link to a file of root's.
+            os.fchmod(handle.fileno(), 0o644)
         os.replace(temporary, path)
     except OSError as error:
         raise SpaError(f"cannot write {path}: {error.strerror or error}") from None

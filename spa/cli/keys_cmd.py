@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 from spa.core import config as config_module
-from spa.core import keys, otp
+from spa.core import keys, otp, pathtrust
 from spa.core.events import Request
 from spa.core.keys import ClientKey, KeyRecord
 from spa.errors import SpaError
@@ -144,10 +144,15 @@ def run_init(args: argparse.Namespace) -> int:
     config_path = directory / "spa.toml"
     if config_path.exists():
         raise SpaError(f"{config_path} exists already; not overwriting it")
+    # spa serve trusts nothing others could change (pathtrust.py): refuse such
+    # a place now, and make the tree private, as the first byte is written.
+    pathtrust.check(directory, pathtrust.trusted_owners())
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     for sub in ("keys", "state"):
-        (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        (directory / sub).mkdir(exist_ok=True, mode=0o700)
     keys.write_private(directory / "server.secret", keys.new_secret().hex() + "\n")
-    config_path.write_text(
+    keys.write_private(
+        config_path,
         CONFIG_TEMPLATE.format(
             config=config_path,
             interfaces=_quoted(args.interface),
@@ -156,10 +161,10 @@ def run_init(args: argparse.Namespace) -> int:
             zone=args.zone or "knock.example.com",
             dns_enabled="true" if args.zone else "false",
         ),
-        encoding="utf-8",
     )
     config_module.load(config_path)  # what we wrote must load
-    print(f"wrote {config_path}, {directory / 'server.secret'}, {directory / 'keys'}/, {directory / 'state'}/")
+    print(f"wrote {config_path}, {directory / 'server.secret'}, {directory / 'keys'}/, {directory / 'state'}/ "
+          "(private: mode 0700)")
     print(f"next: spa keygen NAME --config {config_path} --server THIS_SERVERS_ADDRESS")
     return 0
 
@@ -173,6 +178,7 @@ def _pinned_open(open_: tuple[Request, ...]) -> dict[str, object]:
 
 def run_keygen(args: argparse.Namespace) -> int:
     config = config_module.load(args.config)
+    config_module.check_ownership(config)  # a key added to a store spa serve would refuse is no key
     name: str = args.name
     if not keys.valid_name(name):
         raise SpaError(f"{name!r}: key names are 1-32 lowercase letters and digits, starting with a letter")

@@ -8,6 +8,7 @@ file are relative to the file's own directory.
 from __future__ import annotations
 
 import ipaddress
+import pwd
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -17,11 +18,11 @@ from typing import Any, TypeVar
 from spa.errors import ConfigError
 from spa.firewall.settings import BACKENDS, FirewallSettings, FirewallSettingsError
 
-from . import tomlfile
+from . import pathtrust, tomlfile
 from .events import Carrier, IPAddress, Request
 from .gate import GateSettings
 from .keyring import Keyring
-from .keys import check_private, load_store
+from .keys import KEY_SUFFIX, check_private, load_store
 from .policy import POLICY_OPTIONS, Policy, read_policy
 from .sequence import SequenceRule, StaticSequence, knock_ports
 from .tomlfile import Document
@@ -364,7 +365,31 @@ def read_server_secret(path: Path) -> bytes:
     return secret
 
 
+def check_ownership(config: Config) -> None:
+    """Refuse a config whose files anyone but root could change (pathtrust.py).
+
+    The config, the server secret, the keys directory and each key in it,
+    and the state directory: the way to each, and each itself. The state
+    directory may still belong to the worker's user, as it did before it
+    had a part of root's own (spa serve takes it back).
+    """
+    owners = pathtrust.trusted_owners()
+    for path in (config.path, config.secret_file, config.keys_dir):
+        pathtrust.check(path, owners)
+    if config.keys_dir.is_dir():
+        for key in sorted(config.keys_dir.glob("*" + KEY_SUFFIX)):
+            pathtrust.check(key, owners)
+    try:
+        legacy = frozenset({pwd.getpwnam(config.user).pw_uid})
+    except KeyError:
+        legacy = frozenset()
+    pathtrust.check(config.state_dir, owners, owners | legacy)
+
+
 def load_keyring(config: Config) -> Keyring:
-    """Load the key store and the server secret into a Keyring."""
+    """Load the key store and the server secret into a Keyring, once
+    :func:`check_ownership` passes: the one place where spa serve (at start
+    and at each reload) and spa check find out whether to trust them."""
+    check_ownership(config)
     records = load_store(config.keys_dir, config.policy, config.firewall.protect)
     return Keyring(read_server_secret(config.secret_file), records, config.statics)

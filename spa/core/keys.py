@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,14 +45,23 @@ def check_private(path: Path) -> None:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write a secret file with mode 0600 from its first byte, atomically."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """Write a secret file with mode 0600 from its first byte, atomically.
+
+    The temporary file gets a fresh random name, made with O_EXCL and
+    O_NOFOLLOW (mkstemp), so a name planted in the directory (``spa keygen
+    --out`` may well write to /tmp) is never written through; the rename
+    then replaces whatever ``path`` was, a link included, not what it named.
+    """
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def new_secret() -> bytes:

@@ -10,12 +10,19 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from spa.core.events import Carrier, Grant, Request
 
 MAX_LINE = 4096  # a grant or a stats summary is far smaller; longer lines are dropped
+# Counter names as the worker makes them ("gate.accepted", "packets.icmp"):
+# they end up as keys in status.json and on the terminal of whoever runs
+# `spa status`, so nothing else (no escape sequence, no newline) gets that far.
+COUNTER_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,3}")
+MAX_COUNTERS = 100  # the worker keeps about 25
+MAX_COUNT = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,7 @@ def decode(line: bytes) -> Message | None:
             return Discard()
         if "stats" in body:
             counts = body["stats"]
-            if not isinstance(counts, dict):
-                return None
-            return Stats({str(k): int(v) for k, v in counts.items() if isinstance(v, int)})
+            return Stats(counts) if valid_counts(counts) else None
         fields = body["grant"]
         seconds = fields["seconds"]
         key = fields["key"]
@@ -127,6 +132,17 @@ def decode(line: bytes) -> Message | None:
     except (ValueError, KeyError, TypeError, RecursionError):
         # RecursionError: json nests arrays as deep as the line allows ("[[[[...").
         return None
+
+
+def valid_counts(counts: object) -> bool:
+    """Counters as spa makes them: a bounded dict of known-shape names to whole numbers."""
+    return (isinstance(counts, dict) and len(counts) <= MAX_COUNTERS
+            and all(valid_counter(name, value) for name, value in counts.items()))
+
+
+def valid_counter(name: object, value: object) -> bool:
+    return (isinstance(name, str) and COUNTER_NAME.fullmatch(name) is not None
+            and isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT)
 
 
 class LineReader:

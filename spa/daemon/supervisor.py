@@ -4,7 +4,8 @@ The supervisor never parses a packet. It opens what needs privilege, forks
 the worker (which drops root at once), applies the grants the worker hands
 back after checking them again (recheck.py), reloads on SIGHUP by starting
 a fresh worker with the new configuration, and restarts a crashed worker.
-Replay state lives in the ledger file, so it survives both.
+Replay state lives in the ledger file, so it survives both. The state
+directory has a part for root and a part for the worker (statedir.py).
 """
 
 from __future__ import annotations
@@ -28,15 +29,14 @@ from spa.errors import SpaError
 from spa.firewall import Backend, FirewallError, open_backend
 from spa.firewall.watch import NftWatch
 
-from . import messages, privdrop, recheck
+from . import messages, privdrop, recheck, statedir
 from .integrity import ClockWatch, keep_guard
 from .listeners import Listeners, open_listeners, wanted
 from .worker import Worker, pipe_emitter, serve
 
 log = logging.getLogger("spa")
 
-LEDGER = "ledger"
-STATUS = "status.json"
+LEDGER = "ledger"  # in the worker's part of the state directory
 STOP_WAIT = 5.0  # seconds a worker gets to finish before SIGKILL
 CRASHES_ALLOWED = 5  # worker crashes within CRASH_PERIOD before the supervisor gives up
 CRASH_PERIOD = 60.0
@@ -122,6 +122,7 @@ class Supervisor:
         self.granted = 0
         self.held: list[messages.Timed] = []  # re-checked grants waiting for the worker's Synced
         self.watch: NftWatch | None = None
+        self.state: int | None = None  # root's part of the state directory (statedir.py)
         self.clock = ClockWatch(time.time, time.monotonic, self.config.gate.time_window)
         self._checked = 0.0  # time.monotonic() of the last guard check
         self._wake_r, self._wake_w = socket.socketpair()
@@ -137,11 +138,13 @@ class Supervisor:
 
     def _start(self) -> None:
         config = self.config
-        # Read the ledger once here to refuse a damaged one before anything listens.
+        # Read the ledger once here to refuse a damaged one before anything
+        # listens: as the worker's user, since the file is that user's.
+        ledger = config.state_dir / statedir.WORKER / LEDGER
         try:
-            config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            FileLedger(config.state_dir / LEDGER, ledger_retention(config)).close()
-            _prepare_state(config.state_dir, self.account)
+            self.state = statedir.prepare(config.state_dir, self.account)
+            statedir.as_worker(config.state_dir, self.account,
+                               lambda directory: FileLedger(ledger, ledger_retention(config), directory).close())
         except OSError as problem:
             raise SpaError(f"{config.state_dir}: cannot keep replay state there: {problem.strerror or problem}") from None
         self.backend = open_backend(config.firewall)
@@ -249,6 +252,8 @@ class Supervisor:
         if self.backend is not None:
             self.backend.close()  # an owned grant table goes with it: every grant ends
         self.selector.close()
+        if self.state is not None:
+            os.close(self.state)
         self._wake_r.close()
         self._wake_w.close()
 
@@ -361,16 +366,16 @@ class Supervisor:
             log.error(f"grant of {grant.request} to {grant.address} failed: {problem}")
 
     def _write_status(self, counts: dict[str, int]) -> None:
+        """``status.json`` for ``spa status``; ``counts`` passed messages.decode's checks."""
         assert self.child is not None
+        if self.state is None:
+            return
         status = {"time": time.time(), "supervisor": os.getpid(), "worker": self.child.pid,
                   "grants_applied": self.granted, "counts": counts}
-        path = self.config.state_dir / STATUS
-        temporary = path.with_name(STATUS + ".tmp")
         try:
-            temporary.write_text(json.dumps(status, indent=1, sort_keys=True) + "\n")
-            os.replace(temporary, path)
+            statedir.write_status(self.state, json.dumps(status, indent=1, sort_keys=True) + "\n")
         except OSError as problem:
-            log.warning(f"cannot write {path}: {problem.strerror}")
+            log.warning(f"cannot write {self.config.state_dir / statedir.STATUS}: {problem.strerror or problem}")
 
     def _close_pipe(self, child: _Child) -> None:
         self.held = []  # a worker gone before Synced: its tokens may not be on disk
@@ -434,18 +439,6 @@ class Supervisor:
         return None
 
 
-def _prepare_state(directory: Path, account: privdrop.Account | None) -> None:
-    """The state directory, private, and writable by the worker's user only."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if account is None:
-        return
-    os.chown(directory, account.uid, account.gid)
-    os.chmod(directory, 0o700)
-    for path in directory.iterdir():
-        if path.name.startswith(LEDGER):
-            os.chown(path, account.uid, account.gid)
-
-
 def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, pipe: int,
                  account: privdrop.Account | None, supervisor: int) -> int:
     """In the forked child: shed everything privileged, then serve."""
@@ -454,9 +447,10 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
         signal.signal(number, signal.SIG_DFL)
     privdrop.die_with_parent(supervisor)
     assert listeners is not None
-    # The state directory is opened here, as root: the ledger then works
+    # The worker's directory is named here, as root (O_PATH: root reads
+    # nothing in it), and opened after the drop: the ledger then works
     # relative to it, and the worker needs no access to the directories above.
-    state = os.open(config.state_dir, os.O_RDONLY | os.O_DIRECTORY)
+    state = statedir.worker_handle(config.state_dir)
     keep = {0, 1, 2, pipe, state, *(s.fileno() for s in listeners.dns_udp + listeners.dns_tcp)}
     if listeners.capture is not None:
         keep |= {s.fileno() for s in listeners.capture.sockets()}
@@ -468,7 +462,9 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
     try:
         # The worker syncs the ledger itself, after sending a grant and
         # before the supervisor may apply it (worker.Worker._release).
-        ledger = FileLedger(config.state_dir / LEDGER, ledger_retention(config), directory=state, sync_each=False)
+        state = statedir.enter(state)  # as the worker's user now: its own directory, for anything it keeps
+        ledger = FileLedger(config.state_dir / statedir.WORKER / LEDGER, ledger_retention(config),
+                            directory=state, sync_each=False)
     except OSError as problem:
         user = account.name if account else "this user"
         raise SpaError(f"{config.state_dir}: replay state not writable by {user}: {problem.strerror or problem}") from None
