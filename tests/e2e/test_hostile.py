@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from spa.client import tokens
-from spa.daemon.worker import TCP_CLIENTS
+from spa.daemon.dns_tcp import TCP_CLIENTS
 from world import need_netns
 from world import junk as junk_module
 from world.daemon import ZONE
