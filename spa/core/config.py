@@ -10,10 +10,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from spa.carriers.dns import MAX_TTL, Zone
 from spa.errors import ConfigError
 from spa.firewall.settings import BACKENDS, FirewallSettings, FirewallSettingsError
 
@@ -50,6 +51,9 @@ class DnsConfig:
     nameservers: tuple[str, ...] = ()  # NS targets at the apex (default ns1.ZONE)
     addresses: tuple[IPAddress, ...] = ()  # addresses of in-zone NS targets (the glue)
     ttl: int = 1
+    # What the worker answers from, built at load: whatever the zone refuses is then
+    # a config error with file, line and option, never a worker that cannot start.
+    served: Zone | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -279,15 +283,36 @@ def _read_dns(table: _Reader) -> DnsConfig:
         isinstance(n, str) and _ZONE.match(n.lower().rstrip(".")) for n in nameservers
     ):
         table.fail("nameservers", 'expected a list of host names such as ["ns1.knock.example.com"]')
+    servers = tuple(n.lower().rstrip(".") for n in nameservers)
+    addresses = _addresses(table, "addresses", ())
+    ttl = table.number("ttl", 1, 0, MAX_TTL)
     return DnsConfig(
         zone=zone,
         mode=mode,
         listen=_addresses(table, "listen", DnsConfig.listen),
         port=table.number("port", 53, 1, 65535),
-        nameservers=tuple(n.lower().rstrip(".") for n in nameservers),
-        addresses=_addresses(table, "addresses", ()),
-        ttl=table.number("ttl", 1, 0, 300),
+        nameservers=servers,
+        addresses=addresses,
+        ttl=ttl,
+        served=_zone(table, zone, servers, addresses, ttl),
     )
+
+
+def _zone(table: _Reader, name: str, nameservers: tuple[str, ...], addresses: tuple[IPAddress, ...],
+          ttl: int) -> Zone:
+    """The zone exactly as the worker will serve it; its own checks are the one rule.
+
+    Built an option at a time, so an error names the option that broke it.
+    """
+    stages: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("zone", {}),
+        ("nameservers", {"nameservers": nameservers}),
+        ("addresses", {"nameservers": nameservers, "addresses": addresses}),
+        ("ttl", {"nameservers": nameservers, "addresses": addresses, "ttl": ttl}),
+    )
+    for option, given in stages:
+        built = table.convert(option, lambda given=given: Zone.build(name, **given))  # type: ignore[misc]
+    return built
 
 
 def _read_statics(doc: Document, defaults: Policy, protect: tuple[Request, ...]) -> tuple[StaticSequence, ...]:

@@ -24,7 +24,7 @@ from spa.errors import ConfigError, KeyFileError
 from . import tomlfile
 from .compact import MAX_KEY_ID
 from .events import Request
-from .otp import NAME_PATTERN, TOTP_DIGITS, is_valid_secret
+from .otp import NAME_PATTERN, TOTP_DIGITS, secret_problem
 from .policy import Policy, read_policy
 from .tomlfile import Document
 
@@ -258,8 +258,9 @@ def load_record(path: Path, defaults: Policy | None, protected: tuple[Request, .
     for option in ("totp_secret", "emergency_secret"):
         if option in doc.data:
             value = doc.data[option]
-            if not isinstance(value, str) or not is_valid_secret(value):
-                doc.fail((option,), "expected a base32 secret of at least 80 bits")
+            problem = secret_problem(value) if isinstance(value, str) else "expected a base32 secret (a string)"
+            if problem:
+                doc.fail((option,), problem)
             otp_secrets[option] = value.upper()
     digits = doc.data.get("totp_digits", 6)
     if digits not in TOTP_DIGITS or isinstance(digits, bool):

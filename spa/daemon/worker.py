@@ -51,10 +51,7 @@ class Worker:
         self.unexpected = Unexpected(self.counts, "worker")
         timeout = config.sequence.timeout if config.sequence else 10.0
         self.tracker = Tracker(config.statics, timeout, config.gate.tracked_sources)
-        self.zone = (
-            dns.Zone.build(config.dns.zone, config.dns.nameservers, config.dns.addresses, config.dns.ttl)
-            if config.dns else None
-        )
+        self.zone = config.dns.served if config.dns else None  # built (and so checked) at load
         self.udp_port = config.udp.port if config.udp else None
         self.sniff_port = config.dns.port if config.dns and config.dns.mode == "sniff" else None
         self._sequence_step: int | None = None
