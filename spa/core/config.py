@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 from spa.carriers.dns import MAX_TTL, Zone
 from spa.errors import ConfigError
-from spa.firewall.settings import BACKENDS, FirewallSettings, FirewallSettingsError
+from spa.firewall.settings import BACKENDS, FirewallSettings, FirewallSettingsError, single_use_refusal
+from spa.intake.bpf import compile_filter
 
 from . import tomlfile
 from .events import Carrier, IPAddress, Request
@@ -213,6 +214,8 @@ def load(path: Path) -> Config:
     protect = firewall.protect
 
     policy = read_policy(doc, ("policy",), None)
+    if policy.single_use and not firewall.can_single_use:
+        doc.fail(("policy", "single_use"), single_use_refusal(firewall.backend))
     for request in policy.open:
         if request not in protect:
             doc.fail(("policy", "open"), f"{request} is not in firewall.protect: a grant would open nothing")
@@ -224,7 +227,7 @@ def load(path: Path) -> Config:
     dns = _read_dns(tables["dns"]) if on["dns"] else None
     udp = UdpConfig(tables["udp"].number("port", 62201, 1, 65535)) if on["udp"] else None
     sequence = SequenceConfig(tables["sequence"].number("timeout", 10.0, 1, 600, float)) if on["sequence"] else None
-    statics = _read_statics(doc, policy, protect)
+    statics = _read_statics(doc, policy, firewall)
 
     quiet = list(knock_ports(statics, rule, otp=sequence is not None))
     if udp is not None:
@@ -235,7 +238,7 @@ def load(path: Path) -> Config:
     except FirewallSettingsError as problem:
         doc.fail(("carriers",), f"a knock port collides with firewall.protect: {problem}")
 
-    return Config(
+    loaded = Config(
         path=path,
         keys_dir=base / server.text("keys_dir", "keys"),
         state_dir=base / server.text("state_dir", "state"),
@@ -251,6 +254,20 @@ def load(path: Path) -> Config:
         sequence=sequence,
         statics=statics,
     )
+    _check_capture(doc, loaded)
+    return loaded
+
+
+def _check_capture(doc: Document, loaded: Config) -> None:
+    """The capture's packet filter for these carriers and knock ports must fit in the
+    kernel's limit (4096 instructions), or ``spa serve`` could not open its capture."""
+    from spa.daemon.listeners import wanted  # the one definition of what is captured (it imports this module)
+
+    try:
+        compile_filter(wanted(loaded))
+    except ValueError as problem:
+        # The last fixed sequence is the one that tipped it over (else: the carriers' own ports).
+        doc.fail(("sequences", loaded.statics[-1].name) if loaded.statics else ("carriers",), str(problem))
 
 
 def _user(server: _Reader) -> str:
@@ -315,8 +332,9 @@ def _zone(table: _Reader, name: str, nameservers: tuple[str, ...], addresses: tu
     return built
 
 
-def _read_statics(doc: Document, defaults: Policy, protect: tuple[Request, ...]) -> tuple[StaticSequence, ...]:
+def _read_statics(doc: Document, defaults: Policy, firewall: FirewallSettings) -> tuple[StaticSequence, ...]:
     """Every ``[sequences.NAME]`` table: ``ports`` and ``timeout`` plus policy options."""
+    protect = firewall.protect
     node = doc.data.get("sequences", {})
     if not isinstance(node, dict):
         doc.fail(("sequences",), "expected tables such as [sequences.ssh]")
@@ -336,6 +354,8 @@ def _read_statics(doc: Document, defaults: Policy, protect: tuple[Request, ...])
         for request in policy.open:
             if request not in protect:
                 doc.fail((*where, "open"), f"{request} is not in firewall.protect: a grant would open nothing")
+        if policy.single_use and not firewall.can_single_use:
+            doc.fail((*where, "single_use"), single_use_refusal(firewall.backend))
         timeout = table.number("timeout", 5.0, 0.1, 3600, float)
         statics.append(table.convert("ports", lambda: StaticSequence(name, steps, policy, timeout)))
     return tuple(statics)
@@ -391,5 +411,5 @@ def read_server_secret(path: Path) -> bytes:
 
 def load_keyring(config: Config) -> Keyring:
     """Load the key store and the server secret into a Keyring."""
-    records = load_store(config.keys_dir, config.policy, config.firewall.protect)
+    records = load_store(config.keys_dir, config.policy, config.firewall.protect, config.firewall.can_single_use)
     return Keyring(read_server_secret(config.secret_file), records, config.statics)

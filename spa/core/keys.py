@@ -240,10 +240,12 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def load_record(path: Path, defaults: Policy | None, protected: tuple[Request, ...] = ()) -> KeyRecord:
+def load_record(path: Path, defaults: Policy | None, protected: tuple[Request, ...] = (),
+                single_use: bool = True) -> KeyRecord:
     """Read one key store entry; its [policy] table overrides ``defaults``.
 
-    With ``protected`` given, every port the key may open must be among them.
+    With ``protected`` given, every port the key may open must be among them;
+    ``single_use`` False (the firewall cannot do it) refuses a single-use policy.
     """
     check_private(path)
     doc = tomlfile.load(path)
@@ -269,6 +271,8 @@ def load_record(path: Path, defaults: Policy | None, protected: tuple[Request, .
     if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 100:
         doc.fail(("emergency_count",), "expected 0-100")
     policy = read_policy(doc, ("policy",), defaults)
+    if policy.single_use and not single_use:
+        doc.fail(("policy", "single_use"), "this server's firewall backend cannot do single-use grants (use nftables)")
     for request in policy.open:
         if protected and request not in protected:
             doc.fail(("policy", "open"), f"{request} is not in the config's firewall.protect")
@@ -286,14 +290,15 @@ def load_record(path: Path, defaults: Policy | None, protected: tuple[Request, .
     )
 
 
-def load_store(directory: Path, defaults: Policy | None, protected: tuple[Request, ...] = ()) -> list[KeyRecord]:
+def load_store(directory: Path, defaults: Policy | None, protected: tuple[Request, ...] = (),
+               single_use: bool = True) -> list[KeyRecord]:
     """Load every ``*.toml`` entry of a keys directory; ids and names must be unique."""
     if not directory.is_dir():
         raise ConfigError(str(directory), None, None, "keys directory does not exist")
     records: list[KeyRecord] = []
     seen_ids: dict[int, str] = {}
     for path in sorted(directory.glob("*" + KEY_SUFFIX)):
-        record = load_record(path, defaults, protected)
+        record = load_record(path, defaults, protected, single_use)
         if record.key_id in seen_ids:
             raise ConfigError(str(path), None, "key_id", f"{record.key_id} is also used by {seen_ids[record.key_id]}")
         seen_ids[record.key_id] = record.path

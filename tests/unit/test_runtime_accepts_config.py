@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import time
 from pathlib import Path
 
@@ -185,3 +186,40 @@ def test_any_otp_settings_that_load_serve(server: Path, totp: str, emergency: st
         runs(server)
     finally:
         path.write_text(original)
+
+
+def test_knock_ports_the_capture_filter_cannot_hold_are_refused_at_load(server: Path) -> None:
+    """Hundreds of fixed sequences: the kernel's 4096-instruction filter limit, met by spa check, not spa serve."""
+    base = server.read_text()
+    tables = []
+    for index in range(650):
+        ports = ", ".join(f'"{"tcp" if step % 2 else "udp"}/{1000 + (index * 8 + step) * 2}"' for step in range(8))
+        tables.append(f'\n[sequences.s{index}]\nports = [{ports}]\nopen = ["tcp/22"]\n')
+    server.write_text(base + "".join(tables))
+    with pytest.raises(ConfigError, match="instructions") as caught:
+        config.load(server)
+    assert caught.value.option == "sequences.s649" and caught.value.line is not None
+    server.write_text(base + "".join(tables[:50]))
+    runs(server)  # fifty fit, and serve
+
+
+@pytest.mark.parametrize("backend", ["iptables", "command"])
+def test_single_use_grants_a_backend_cannot_make_are_refused_at_load(server: Path, backend: str) -> None:
+    """These backends refused every single-use grant at grant time, logged one by one; now the loader says so."""
+    text = server.read_text().replace('backend = "dry-run"', f'backend = "{backend}"\nstart_command = ["/bin/true"]', 1)
+    server.write_text(text)
+    config.load_keyring(config.load(server))  # without single use: fine
+    server.write_text(text.replace("single_use = false", "single_use = true", 1))
+    with pytest.raises(ConfigError, match="cannot do single-use") as caught:
+        config.load(server)
+    assert caught.value.option == "policy.single_use"
+    server.write_text(text.replace('backend = "', 'single_use = ["tcp/22"]\nbackend = "', 1))
+    with pytest.raises(ConfigError, match="cannot do single-use"):
+        config.load(server)
+    server.write_text(text)
+    key = server.parent / "keys" / "alice.toml"
+    key.write_text(re.sub(r"(?m)^\[policy\].*$", "[policy]\nsingle_use = true", key.read_text(), count=1)
+                   if "[policy]" in key.read_text() else key.read_text() + "\n[policy]\nsingle_use = true\n")
+    with pytest.raises(ConfigError, match="cannot do single-use") as caught:
+        config.load_keyring(config.load(server))
+    assert (caught.value.path, caught.value.option) == (str(key), "policy.single_use")
