@@ -157,8 +157,13 @@ def format_counters(config_path: Path) -> str:
     age = time.time() - float(status.get("time", 0))
     lines = [f"server: worker {status.get('worker')}, {status.get('grants_applied', 0)} grants applied, "
              f"counters from {age:.0f} s ago"]
-    for name, value in sorted(status.get("counts", {}).items()):
+    counts = status.get("counts", {})
+    for name, value in sorted(counts.items()):
         lines.append(f"  {name:<24} {value}")
+    if counts.get("errors.unexpected"):
+        # A bug spa survived (spa/daemon/contain.py): worth a look and a report.
+        lines.append(f"server: {counts['errors.unexpected']} unexpected errors were contained; "
+                     "the log has each kind once, with its traceback")
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,15 @@ def test_nothing_the_worker_writes_makes_the_supervisor_raise(supervisor: Superv
     for line in [*lines, b'{"synced":true}']:
         supervisor._handle(messages.decode(line))  # raises nothing: decoded strictly, checked again
     assert supervisor.counts[COUNTER] == 0
+
+
+def test_spa_status_shows_the_counter_and_flags_it_above_zero(supervisor: Supervisor) -> None:
+    from spa.cli.firewall_cmd import format_counters
+
+    supervisor._handle(messages.Stats({COUNTER: 0, "junk": 1}))
+    shown = format_counters(supervisor.config_path)
+    assert re.search(rf"^  {re.escape(COUNTER)}\s+0$", shown, re.M) and "were contained" not in shown
+    supervisor._handle(messages.Stats({COUNTER: 4}))
+    shown = format_counters(supervisor.config_path)
+    assert re.search(rf"^  {re.escape(COUNTER)}\s+4$", shown, re.M)
+    assert "4 unexpected errors were contained" in shown
