@@ -24,7 +24,12 @@ from spa.core import config, keys, otp
 from spa.core.keyring import Keyring
 from spa.core.ledger import Ledger
 from spa.daemon.worker import Worker
+from spa.daemon.listeners import wanted
 from spa.errors import ConfigError
+from spa.firewall import nft_render
+from spa.intake.bpf import compile_filter
+from test_config import _set_option
+from test_config import edits as _config_edits
 
 ALICE = ipaddress.ip_address("198.51.100.7")
 
@@ -223,3 +228,27 @@ def test_single_use_grants_a_backend_cannot_make_are_refused_at_load(server: Pat
     with pytest.raises(ConfigError, match="cannot do single-use") as caught:
         config.load_keyring(config.load(server))
     assert (caught.value.path, caught.value.option) == (str(key), "policy.single_use")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=_config_edits)
+def test_any_config_that_loads_builds_the_worker_and_the_firewall_rules(
+        server: Path, changes: list[tuple[str, str, str]]) -> None:
+    """The whole of spa.toml, edited at random (test_config's strategy): what loads, runs."""
+    original = server.read_text()
+    text = original
+    for table, option, value in changes:
+        text, _ = _set_option(text, table, option, value)
+    try:
+        server.write_text(text)
+        try:
+            loaded = config.load(server)
+            config.load_keyring(loaded)
+        except ConfigError:
+            return  # located: test_config checks that
+        runs(server)
+        compile_filter(wanted(loaded))
+        nft_render.guard_script(loaded.firewall)
+        nft_render.grant_script(loaded.firewall)
+    finally:
+        server.write_text(original)
