@@ -11,12 +11,14 @@ import ipaddress
 import pwd
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from spa.carriers.dns import MAX_TTL, Zone
 from spa.errors import ConfigError
-from spa.firewall.settings import BACKENDS, FirewallSettings, FirewallSettingsError
+from spa.firewall.settings import BACKENDS, FirewallSettings, FirewallSettingsError, single_use_refusal
+from spa.intake.bpf import compile_filter
 
 from . import pathtrust, tomlfile
 from .events import Carrier, IPAddress, Request
@@ -51,6 +53,9 @@ class DnsConfig:
     nameservers: tuple[str, ...] = ()  # NS targets at the apex (default ns1.ZONE)
     addresses: tuple[IPAddress, ...] = ()  # addresses of in-zone NS targets (the glue)
     ttl: int = 1
+    # What the worker answers from, built at load: whatever the zone refuses is then
+    # a config error with file, line and option, never a worker that cannot start.
+    served: Zone | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,8 @@ def load(path: Path) -> Config:
     protect = firewall.protect
 
     policy = read_policy(doc, ("policy",), None)
+    if policy.single_use and not firewall.can_single_use:
+        doc.fail(("policy", "single_use"), single_use_refusal(firewall.backend))
     for request in policy.open:
         if request not in protect:
             doc.fail(("policy", "open"), f"{request} is not in firewall.protect: a grant would open nothing")
@@ -221,7 +228,7 @@ def load(path: Path) -> Config:
     dns = _read_dns(tables["dns"]) if on["dns"] else None
     udp = UdpConfig(tables["udp"].number("port", 62201, 1, 65535)) if on["udp"] else None
     sequence = SequenceConfig(tables["sequence"].number("timeout", 10.0, 1, 600, float)) if on["sequence"] else None
-    statics = _read_statics(doc, policy, protect)
+    statics = _read_statics(doc, policy, firewall)
 
     quiet = list(knock_ports(statics, rule, otp=sequence is not None))
     if udp is not None:
@@ -232,7 +239,7 @@ def load(path: Path) -> Config:
     except FirewallSettingsError as problem:
         doc.fail(("carriers",), f"a knock port collides with firewall.protect: {problem}")
 
-    return Config(
+    loaded = Config(
         path=path,
         keys_dir=base / server.text("keys_dir", "keys"),
         state_dir=base / server.text("state_dir", "state"),
@@ -248,6 +255,20 @@ def load(path: Path) -> Config:
         sequence=sequence,
         statics=statics,
     )
+    _check_capture(doc, loaded)
+    return loaded
+
+
+def _check_capture(doc: Document, loaded: Config) -> None:
+    """The capture's packet filter for these carriers and knock ports must fit in the
+    kernel's limit (4096 instructions), or ``spa serve`` could not open its capture."""
+    from spa.daemon.listeners import wanted  # the one definition of what is captured (it imports this module)
+
+    try:
+        compile_filter(wanted(loaded))
+    except ValueError as problem:
+        # The last fixed sequence is the one that tipped it over (else: the carriers' own ports).
+        doc.fail(("sequences", loaded.statics[-1].name) if loaded.statics else ("carriers",), str(problem))
 
 
 def _user(server: _Reader) -> str:
@@ -280,19 +301,41 @@ def _read_dns(table: _Reader) -> DnsConfig:
         isinstance(n, str) and _ZONE.match(n.lower().rstrip(".")) for n in nameservers
     ):
         table.fail("nameservers", 'expected a list of host names such as ["ns1.knock.example.com"]')
+    servers = tuple(n.lower().rstrip(".") for n in nameservers)
+    addresses = _addresses(table, "addresses", ())
+    ttl = table.number("ttl", 1, 0, MAX_TTL)
     return DnsConfig(
         zone=zone,
         mode=mode,
         listen=_addresses(table, "listen", DnsConfig.listen),
         port=table.number("port", 53, 1, 65535),
-        nameservers=tuple(n.lower().rstrip(".") for n in nameservers),
-        addresses=_addresses(table, "addresses", ()),
-        ttl=table.number("ttl", 1, 0, 300),
+        nameservers=servers,
+        addresses=addresses,
+        ttl=ttl,
+        served=_zone(table, zone, servers, addresses, ttl),
     )
 
 
-def _read_statics(doc: Document, defaults: Policy, protect: tuple[Request, ...]) -> tuple[StaticSequence, ...]:
+def _zone(table: _Reader, name: str, nameservers: tuple[str, ...], addresses: tuple[IPAddress, ...],
+          ttl: int) -> Zone:
+    """The zone exactly as the worker will serve it; its own checks are the one rule.
+
+    Built an option at a time, so an error names the option that broke it.
+    """
+    stages: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("zone", {}),
+        ("nameservers", {"nameservers": nameservers}),
+        ("addresses", {"nameservers": nameservers, "addresses": addresses}),
+        ("ttl", {"nameservers": nameservers, "addresses": addresses, "ttl": ttl}),
+    )
+    for option, given in stages:
+        built = table.convert(option, lambda given=given: Zone.build(name, **given))  # type: ignore[misc]
+    return built
+
+
+def _read_statics(doc: Document, defaults: Policy, firewall: FirewallSettings) -> tuple[StaticSequence, ...]:
     """Every ``[sequences.NAME]`` table: ``ports`` and ``timeout`` plus policy options."""
+    protect = firewall.protect
     node = doc.data.get("sequences", {})
     if not isinstance(node, dict):
         doc.fail(("sequences",), "expected tables such as [sequences.ssh]")
@@ -312,6 +355,8 @@ def _read_statics(doc: Document, defaults: Policy, protect: tuple[Request, ...])
         for request in policy.open:
             if request not in protect:
                 doc.fail((*where, "open"), f"{request} is not in firewall.protect: a grant would open nothing")
+        if policy.single_use and not firewall.can_single_use:
+            doc.fail((*where, "single_use"), single_use_refusal(firewall.backend))
         timeout = table.number("timeout", 5.0, 0.1, 3600, float)
         statics.append(table.convert("ports", lambda: StaticSequence(name, steps, policy, timeout)))
     return tuple(statics)
@@ -391,5 +436,5 @@ def load_keyring(config: Config) -> Keyring:
     :func:`check_ownership` passes: the one place where spa serve (at start
     and at each reload) and spa check find out whether to trust them."""
     check_ownership(config)
-    records = load_store(config.keys_dir, config.policy, config.firewall.protect)
+    records = load_store(config.keys_dir, config.policy, config.firewall.protect, config.firewall.can_single_use)
     return Keyring(read_server_secret(config.secret_file), records, config.statics)

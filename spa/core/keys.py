@@ -25,7 +25,7 @@ from spa.errors import ConfigError, KeyFileError
 from . import tomlfile
 from .compact import MAX_KEY_ID
 from .events import Request
-from .otp import NAME_PATTERN, TOTP_DIGITS, is_valid_secret
+from .otp import NAME_PATTERN, TOTP_DIGITS, secret_problem
 from .policy import Policy, read_policy
 from .tomlfile import Document
 
@@ -250,10 +250,12 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def load_record(path: Path, defaults: Policy | None, protected: tuple[Request, ...] = ()) -> KeyRecord:
+def load_record(path: Path, defaults: Policy | None, protected: tuple[Request, ...] = (),
+                single_use: bool = True) -> KeyRecord:
     """Read one key store entry; its [policy] table overrides ``defaults``.
 
-    With ``protected`` given, every port the key may open must be among them.
+    With ``protected`` given, every port the key may open must be among them;
+    ``single_use`` False (the firewall cannot do it) refuses a single-use policy.
     """
     check_private(path)
     doc = tomlfile.load(path)
@@ -268,8 +270,9 @@ def load_record(path: Path, defaults: Policy | None, protected: tuple[Request, .
     for option in ("totp_secret", "emergency_secret"):
         if option in doc.data:
             value = doc.data[option]
-            if not isinstance(value, str) or not is_valid_secret(value):
-                doc.fail((option,), "expected a base32 secret of at least 80 bits")
+            problem = secret_problem(value) if isinstance(value, str) else "expected a base32 secret (a string)"
+            if problem:
+                doc.fail((option,), problem)
             otp_secrets[option] = value.upper()
     digits = doc.data.get("totp_digits", 6)
     if digits not in TOTP_DIGITS or isinstance(digits, bool):
@@ -278,6 +281,8 @@ def load_record(path: Path, defaults: Policy | None, protected: tuple[Request, .
     if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 100:
         doc.fail(("emergency_count",), "expected 0-100")
     policy = read_policy(doc, ("policy",), defaults)
+    if policy.single_use and not single_use:
+        doc.fail(("policy", "single_use"), "this server's firewall backend cannot do single-use grants (use nftables)")
     for request in policy.open:
         if protected and request not in protected:
             doc.fail(("policy", "open"), f"{request} is not in the config's firewall.protect")
@@ -295,14 +300,15 @@ def load_record(path: Path, defaults: Policy | None, protected: tuple[Request, .
     )
 
 
-def load_store(directory: Path, defaults: Policy | None, protected: tuple[Request, ...] = ()) -> list[KeyRecord]:
+def load_store(directory: Path, defaults: Policy | None, protected: tuple[Request, ...] = (),
+               single_use: bool = True) -> list[KeyRecord]:
     """Load every ``*.toml`` entry of a keys directory; ids and names must be unique."""
     if not directory.is_dir():
         raise ConfigError(str(directory), None, None, "keys directory does not exist")
     records: list[KeyRecord] = []
     seen_ids: dict[int, str] = {}
     for path in sorted(directory.glob("*" + KEY_SUFFIX)):
-        record = load_record(path, defaults, protected)
+        record = load_record(path, defaults, protected, single_use)
         if record.key_id in seen_ids:
             raise ConfigError(str(path), None, "key_id", f"{record.key_id} is also used by {seen_ids[record.key_id]}")
         seen_ids[record.key_id] = record.path

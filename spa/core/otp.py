@@ -22,6 +22,7 @@ from .events import IPAddress, OtpCode
 
 TOTP_DIGITS = (6, 8)
 EMERGENCY_DIGITS = 10
+MIN_SECRET_BITS = 112  # what the pinned pyotp (2.12) computes codes for
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,31}$")
 _DIGITS = re.compile(r"^[0-9]+$")
 
@@ -52,11 +53,29 @@ def otpauth_uri(secret: str, name: str, issuer: str, digits: int = 6) -> str:
     return totp(secret, digits).provisioning_uri(name=name, issuer_name=issuer)
 
 
-def is_valid_secret(secret: str) -> bool:
+def secret_problem(secret: str) -> str | None:
+    """Why ``secret`` cannot be a TOTP or emergency secret, or None if it can.
+
+    The key store loader asks this, so a secret the runtime would choke on is
+    refused where it is written (file, line, option): the pinned pyotp (2.12)
+    raises ValueError for secrets under 112 bits (NIST SP 800-63B-4) the
+    first time it computes a code, which would be at a knock (TOTP) or while
+    a reload builds the keyring (emergency codes). Our own reading comes
+    first for a message people can act on; then pyotp is asked too, so
+    whatever else this pyotp refuses is refused here as well.
+    """
     try:
-        return len(base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))) >= 10
-    except ValueError:
-        return False
+        decoded = base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
+    except ValueError:  # binascii.Error included
+        return "expected a base32 secret (letters A-Z and digits 2-7)"
+    if len(decoded) * 8 < MIN_SECRET_BITS:
+        return f"expected a base32 secret of at least {MIN_SECRET_BITS} bits, not {len(decoded) * 8}"
+    try:
+        pyotp.HOTP(secret, digits=EMERGENCY_DIGITS).at(0)
+        pyotp.TOTP(secret, digits=max(TOTP_DIGITS)).at(0)
+    except ValueError as problem:
+        return f"pyotp refuses this secret: {problem}"
+    return None
 
 
 def to_label(name: str, digits: str, address: IPAddress | None = None) -> str:

@@ -18,8 +18,11 @@ import selectors
 import signal
 import socket
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from spa.core import config as config_module
 from spa.core.config import Config
@@ -30,11 +33,13 @@ from spa.firewall import Backend, FirewallError, open_backend
 from spa.firewall.watch import NftWatch
 
 from . import messages, privdrop, recheck, statedir
+from .contain import COUNTER, Unexpected
 from .integrity import ClockWatch, keep_guard
 from .listeners import Listeners, open_listeners, wanted
 from .worker import Worker, pipe_emitter, serve
 
 log = logging.getLogger("spa")
+T = TypeVar("T")
 
 LEDGER = "ledger"  # in the worker's part of the state directory
 STOP_WAIT = 5.0  # seconds a worker gets to finish before SIGKILL
@@ -126,6 +131,8 @@ class Supervisor:
         self.clock = ClockWatch(time.time, time.monotonic, self.config.gate.time_window)
         self._checked = 0.0  # time.monotonic() of the last guard check
         self._wake_r, self._wake_w = socket.socketpair()
+        self.counts: Counter[str] = Counter({COUNTER: 0})
+        self.unexpected = Unexpected(self.counts, "supervisor")
 
     # -- life cycle --------------------------------------------------------
 
@@ -196,27 +203,40 @@ class Supervisor:
         self.selector.register(self.watch.fileno(), selectors.EVENT_READ, "nftables")
 
     def _loop(self) -> int:
+        """Serve until a stop signal or a lost guard; each event is handled on its own,
+        so a bug one of them hits is contained (contain.py), not the end of every grant."""
         due = time.monotonic() + CHECK_EVERY
         while True:
             for selected, _ in self.selector.select(timeout=max(0.0, due - time.monotonic())):
                 if selected.data == "signal":
-                    for number in self._signals():
-                        status = self._on_signal(number)
+                    for number in self._contained("the signal pipe", self._signals) or []:
+                        status = self._contained(f"signal {number}", lambda: self._on_signal(number))
                         if status is not None:
                             return status
                 elif selected.data == "nftables":
-                    assert self.watch is not None
-                    if self.watch.drain():
+                    if self._contained("nftables notifications", self._nftables_changed):
                         due = min(due, self._checked + CHECK_GAP)
                 else:
-                    self._read_child()
-            status = self._reap()
+                    self._contained("the worker's pipe", self._read_child)
+            status = self._contained("the worker's exit", self._reap)
             if status is not None:
                 return status
             if time.monotonic() >= due:
-                if not self.check():
+                if self._contained("the guard check", self.check) is False:
                     return GUARD_LOST
                 due = self._checked + CHECK_EVERY
+
+    def _contained(self, event: str, handle: Callable[[], T]) -> T | None:
+        """``handle()``, or None if it raised: then the exception is counted and logged once."""
+        try:
+            return handle()
+        except Exception as problem:  # noqa: BLE001 - contained: see contain.py
+            self.unexpected.caught(event, problem)
+            return None
+
+    def _nftables_changed(self) -> bool:
+        assert self.watch is not None
+        return self.watch.drain()
 
     def check(self) -> bool:
         """The periodic look at the guard and the clock; False: stop serving."""
@@ -267,8 +287,10 @@ class Supervisor:
             changed = restart_needed(self.config, new)
             if changed:
                 raise SpaError(f"{changed} changed: restart spa to apply that")
-        except SpaError as problem:
-            log.error(f"reload refused, the running configuration stays: {problem}")
+        except Exception as problem:  # noqa: BLE001 - nothing a config file holds may stop a running server
+            if not isinstance(problem, SpaError):
+                self.unexpected.caught("the reload", problem)  # the loader should have named file and line
+            log.error(f"reload refused, the running configuration stays: {_why(problem)}")
             return False
         self._stop_child()
         self.config, self.keyring = new, keyring
@@ -312,7 +334,7 @@ class Supervisor:
                 return
             if data:
                 for line in child.reader.feed(data):
-                    self._handle(messages.decode(line))
+                    self._contained("a message from the worker", lambda: self._handle(messages.decode(line)))
             if not self.held:
                 return
             # A grant is held until the worker's fsync ends (usually well under
@@ -328,11 +350,13 @@ class Supervisor:
         if message is None:
             log.warning("dropped a malformed message from the worker")
         elif isinstance(message, messages.Stats):
-            self._write_status(message.counts)
+            # errors.unexpected counts the supervisor's contained bugs too (its log names which side).
+            counts = {**message.counts, COUNTER: message.counts.get(COUNTER, 0) + self.unexpected.count}
+            self._write_status(counts)
         elif isinstance(message, messages.Synced):
             held, self.held = self.held, []
             for timed in held:
-                self._apply(timed)
+                self._contained("a grant", lambda: self._apply(timed))  # one bad grant costs only itself
         elif isinstance(message, messages.Discard):
             if self.held:
                 log.error(f"dropped {len(self.held)} grant(s): the worker could not make their tokens durable")
@@ -417,26 +441,37 @@ class Supervisor:
             self.child = saved
 
     def _reap(self) -> int | None:
-        """Notice a worker that died on its own; restart it or give up."""
+        """Notice a worker that died on its own (or never started); restart it or give up."""
         child = self.child
         if child is None:
-            return None
-        done, status = os.waitpid(child.pid, os.WNOHANG)
+            return self._restart("worker did not start")  # a fork that failed, in a reload or a restart
+        try:
+            done, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already: gone, how is not known
+            done, status = child.pid, 0
         if not done:
             return None
         self._drain_pipe(child)
         self._close_pipe(child)
         self.child = None
+        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}"
+        return self._restart(f"worker exited ({how})")
+
+    def _restart(self, what: str) -> int | None:
         now = time.monotonic()
         self.crashes = [t for t in self.crashes if now - t < CRASH_PERIOD] + [now]
-        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}"
         if len(self.crashes) > CRASHES_ALLOWED:
-            log.error(f"worker exited ({how}) {len(self.crashes)} times in {CRASH_PERIOD:.0f} s; giving up")
+            log.error(f"{what} {len(self.crashes)} times in {CRASH_PERIOD:.0f} s; giving up")
             return 1
-        log.error(f"worker exited ({how}); starting a new one")
+        log.error(f"{what}; starting a new one")
         time.sleep(min(len(self.crashes) * 0.2, 1.0))
         self._spawn()
         return None
+
+
+def _why(problem: Exception) -> str:
+    """A refusal's reason: a SpaError says it for people; anything else also names its type."""
+    return str(problem) if isinstance(problem, SpaError) else f"{type(problem).__name__}: {problem}"
 
 
 def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, pipe: int,

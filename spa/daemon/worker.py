@@ -16,7 +16,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from spa.carriers import dns, icmp, udp
 from spa.carriers.sequence import Tracker
@@ -28,6 +28,8 @@ from spa.core.ledger import Ledger
 from spa.intake import packet as packets
 
 from . import messages, report
+from .contain import COUNTER, Unexpected
+from .dns_tcp import TcpClient, TcpClients
 from .listeners import Listeners
 
 log = logging.getLogger("spa")
@@ -36,9 +38,6 @@ ICMP_PROTOCOLS = (1, 58)
 TCP, UDP = 6, 17
 JUNK_REPORT_EVERY = 60.0  # seconds between "dropped N malformed" lines
 STATS_EVERY = 5.0  # seconds between counter reports to the supervisor
-TCP_CLIENTS = 64  # DNS-over-TCP connections served at once
-TCP_IDLE = 10.0  # seconds a DNS-over-TCP client may stay silent
-TCP_READ = 4096
 
 
 class Worker:
@@ -48,13 +47,11 @@ class Worker:
         self.config = config
         self.gate = Gate(keyring, ledger, config.gate)
         self.emit = emit
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter({COUNTER: 0})  # shown even at zero: it is watched
+        self.unexpected = Unexpected(self.counts, "worker")
         timeout = config.sequence.timeout if config.sequence else 10.0
         self.tracker = Tracker(config.statics, timeout, config.gate.tracked_sources)
-        self.zone = (
-            dns.Zone.build(config.dns.zone, config.dns.nameservers, config.dns.addresses, config.dns.ttl)
-            if config.dns else None
-        )
+        self.zone = config.dns.served if config.dns else None  # built (and so checked) at load
         self.udp_port = config.udp.port if config.udp else None
         self.sniff_port = config.dns.port if config.dns and config.dns.mode == "sniff" else None
         self._sequence_step: int | None = None
@@ -194,17 +191,17 @@ def _address(text: str) -> IPAddress:
 
 
 @dataclass
-class _TcpClient:
-    sock: socket.socket
-    peer: socket._RetAddress
-    deadline: float
-    buffer: bytearray = field(default_factory=bytearray)
-
-
-@dataclass
 class _Flags:
     stop: bool = False
     report: bool = False
+
+
+class SupervisorGone(BaseException):
+    """The pipe to the supervisor broke: the worker must end, not carry on alone.
+
+    A BaseException on purpose: the event loop contains every Exception one
+    event raises, and this one must get past that.
+    """
 
 
 def serve(worker: Worker, listeners: Listeners, pipe: int) -> int:
@@ -214,120 +211,126 @@ def serve(worker: Worker, listeners: Listeners, pipe: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads are the supervisor's business
     signal.signal(signal.SIGUSR1, lambda *_: setattr(flags, "report", True))
-    selector = selectors.DefaultSelector()
-    if listeners.capture is not None:
-        for sock in listeners.capture.sockets():
-            selector.register(sock, selectors.EVENT_READ, "capture")
-    for sock in listeners.dns_udp:
-        selector.register(sock, selectors.EVENT_READ, "dns-udp")
-    for sock in listeners.dns_tcp:
-        selector.register(sock, selectors.EVENT_READ, "dns-tcp")
-    clients: dict[int, _TcpClient] = {}
+    loop = Loop(worker, listeners)
     last_stats = 0.0
-    capture = listeners.capture
     while not flags.stop:
-        for selected, _ in selector.select(timeout=0.5):
-            sock = selected.fileobj
-            role = selected.data
-            assert isinstance(sock, socket.socket)
-            if role == "capture":
-                assert capture is not None
-                for datagram in capture.drain(sock):
-                    worker.packet(datagram, time.time())
-            elif role == "dns-udp":
-                _serve_udp(worker, sock)
-            elif role == "dns-tcp":
-                _accept(sock, clients, selector)
-            else:
-                _serve_tcp(worker, clients, clients[sock.fileno()], selector)
+        loop.turn(0.5)
         now = time.time()
-        for client in [c for c in clients.values() if c.deadline < now]:
-            _drop(client, clients, selector)
-        worker.tick(now)
+        loop.contained("the periodic tick", lambda: worker.tick(now))
         if flags.report:
             flags.report = False
-            log.info("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(worker.stats().items())))
+            loop.contained("SIGUSR1", lambda: log.info("counters: " + _counters(worker.stats())))
             last_stats = 0.0
         if now - last_stats >= STATS_EVERY:
             last_stats = now
-            if capture is not None:
-                # Kernel-side drops (receive queue full): knocks lost before we saw them.
-                lost = capture.statistics().dropped
-                worker.counts["capture.dropped"] += lost
-                if lost:
-                    log.warning(f"the kernel dropped {lost} captured packets (receive queue full)")
-            worker.emit(messages.Stats(worker.stats()))
+            loop.contained("the counter report", loop.report)
     worker.emit(messages.Stats(worker.stats()))
-    for client in list(clients.values()):
-        _drop(client, clients, selector)
+    loop.close()
     return 0
 
 
-def _serve_udp(worker: Worker, sock: socket.socket) -> None:
-    for _ in range(64):  # bounded: other sockets get their turn in a flood
+def _counters(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in sorted(counts.items()))
+
+
+class Loop:
+    """The worker's sockets, and one turn of handling whatever is ready on them.
+
+    Each event (and each packet or query within one) is handled on its own:
+    an exception one of them raises is contained (see contain.py) and the
+    rest of the batch is still served.
+    """
+
+    def __init__(self, worker: Worker, listeners: Listeners) -> None:
+        self.worker = worker
+        self.capture = listeners.capture
+        self.selector = selectors.DefaultSelector()
+        self.tcp = TcpClients(self.selector, lambda message: worker.dns_query(message, dns.TCP_SIZE), self._heard)
+        if self.capture is not None:
+            for sock in self.capture.sockets():
+                self.selector.register(sock, selectors.EVENT_READ, "capture")
+        for sock in listeners.dns_udp:
+            self.selector.register(sock, selectors.EVENT_READ, "dns-udp")
+        for sock in listeners.dns_tcp:
+            self.selector.register(sock, selectors.EVENT_READ, "dns-tcp")
+
+    def turn(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for events, handle them, then drop idle TCP clients."""
+        for key, events in self.selector.select(timeout):
+            self._event(key, events)
+        self.contained("the idle DNS-over-TCP clients", lambda: self.tcp.expire(time.time()))
+
+    def contained(self, event: str, handle: Callable[[], object]) -> None:
         try:
-            message, peer = sock.recvfrom(4096)
-        except OSError:  # BlockingIOError included: nothing more to read
-            return
+            handle()
+        except Exception as problem:  # noqa: BLE001 - contained: see contain.py
+            self.worker.unexpected.caught(event, problem)
+
+    def report(self) -> None:
+        """Counters to the supervisor, with the kernel's capture drops since the last report."""
+        worker = self.worker
+        if self.capture is not None:
+            # Kernel-side drops (receive queue full): knocks lost before we saw them.
+            lost = self.capture.statistics().dropped
+            worker.counts["capture.dropped"] += lost
+            if lost:
+                log.warning(f"the kernel dropped {lost} captured packets (receive queue full)")
+        worker.emit(messages.Stats(worker.stats()))
+
+    def close(self) -> None:
+        self.tcp.close()
+        self.selector.close()
+
+    def _event(self, key: selectors.SelectorKey, events: int) -> None:
+        sock, role = key.fileobj, key.data
+        assert isinstance(sock, socket.socket)
+        if isinstance(role, TcpClient):
+            try:
+                self.tcp.event(role, events)
+            except Exception as problem:  # noqa: BLE001 - contained: see contain.py
+                self.worker.unexpected.caught("a DNS-over-TCP client", problem)
+                self.tcp.drop(role)  # in a state nobody planned for: let it go
+        elif role == "capture":
+            self.contained("captured packets", lambda: self._capture(sock))
+        elif role == "dns-udp":
+            self.contained("DNS over UDP", lambda: self._dns_udp(sock))
+        else:
+            self.contained("a DNS-over-TCP connection", lambda: self.tcp.accept(sock))
+
+    def _capture(self, sock: socket.socket) -> None:
+        assert self.capture is not None
+        worker = self.worker
+        for datagram in self.capture.drain(sock):
+            try:
+                worker.packet(datagram, time.time())
+            except Exception as problem:  # noqa: BLE001 - one packet's bug costs that packet only
+                worker.unexpected.caught("a captured packet", problem)
+
+    def _dns_udp(self, sock: socket.socket) -> None:
+        for _ in range(64):  # bounded: other sockets get their turn in a flood
+            try:
+                message, peer = sock.recvfrom(4096)
+            except OSError:  # BlockingIOError included: nothing more to read
+                return
+            try:
+                self._udp_query(sock, message, peer)
+            except Exception as problem:  # noqa: BLE001 - one query's bug costs that query only
+                self.worker.unexpected.caught("a DNS query over UDP", problem)
+
+    def _udp_query(self, sock: socket.socket, message: bytes, peer: socket._RetAddress) -> None:
+        worker = self.worker
         query = worker.dns_query(message)
         if query.response is None:
-            continue
+            return
         try:
             sock.sendto(query.response, peer)
         except OSError:
             worker.counts["dns.send_failed"] += 1
         if query.label:
-            worker.label(query.label, _address(peer[0]), time.time())
+            self._heard(query.label, peer)
 
-
-def _accept(listener: socket.socket, clients: dict[int, _TcpClient], selector: selectors.BaseSelector) -> None:
-    try:
-        sock, peer = listener.accept()
-    except OSError:
-        return
-    if len(clients) >= TCP_CLIENTS:
-        # Under a connection flood the oldest idle client makes room.
-        oldest = min(clients.values(), key=lambda c: c.deadline)
-        _drop(oldest, clients, selector)
-    sock.setblocking(False)
-    client = _TcpClient(sock, peer, time.time() + TCP_IDLE)
-    clients[sock.fileno()] = client
-    selector.register(sock, selectors.EVENT_READ, "dns-client")
-
-
-def _serve_tcp(worker: Worker, clients: dict[int, _TcpClient], client: _TcpClient, selector: selectors.BaseSelector) -> None:
-    try:
-        data = client.sock.recv(TCP_READ)
-    except (BlockingIOError, InterruptedError):
-        return
-    except OSError:
-        data = b""
-    if not data:
-        _drop(client, clients, selector)
-        return
-    client.buffer += data
-    for message in dns.read_tcp(client.buffer):
-        query = worker.dns_query(message, dns.TCP_SIZE)
-        if query.response is None:
-            _drop(client, clients, selector)
-            return
-        try:
-            client.sock.send(dns.frame_tcp(query.response))
-        except OSError:
-            _drop(client, clients, selector)
-            return
-        if query.label:
-            worker.label(query.label, _address(client.peer[0]), time.time())
-    client.deadline = time.time() + TCP_IDLE
-
-
-def _drop(client: _TcpClient, clients: dict[int, _TcpClient], selector: selectors.BaseSelector) -> None:
-    clients.pop(client.sock.fileno(), None)
-    try:
-        selector.unregister(client.sock)
-    except (KeyError, ValueError):
-        pass
-    client.sock.close()
+    def _heard(self, label: str, peer: socket._RetAddress) -> None:
+        self.worker.label(label, _address(peer[0]), time.time())
 
 
 def pipe_emitter(fd: int) -> Callable[[messages.Message], None]:
@@ -337,7 +340,10 @@ def pipe_emitter(fd: int) -> Callable[[messages.Message], None]:
         data = messages.encode(message)
         view = memoryview(data)
         while view:
-            written = os.write(fd, view)
+            try:
+                written = os.write(fd, view)
+            except OSError as problem:
+                raise SupervisorGone(f"cannot write to the supervisor: {problem.strerror or problem}") from None
             view = view[written:]
 
     return emit

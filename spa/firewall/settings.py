@@ -15,6 +15,7 @@ from spa.core.events import Request
 from spa.errors import SpaError
 
 BACKENDS = ("nftables", "iptables", "command", "dry-run")
+SINGLE_USE_BACKENDS = ("nftables", "dry-run")  # the others refuse every single-use grant
 
 # nft identifiers and ipset/iptables chain names: keep them to a boring,
 # unquotable-safe alphabet so that no name can ever break out of a command.
@@ -144,6 +145,8 @@ class FirewallSettings:
             raise FirewallSettingsError(
                 f"{', '.join(clash)} is both protected and a knock port: a knock port can never be opened"
             )
+        if self.single_use and self.backend not in SINGLE_USE_BACKENDS:
+            raise FirewallSettingsError(single_use_refusal(self.backend))
         if self.backend == "command":
             if not self.start_command:
                 raise FirewallSettingsError("the command backend needs start_command")
@@ -151,9 +154,18 @@ class FirewallSettings:
             if any(not isinstance(part, str) for part in command):
                 raise FirewallSettingsError("commands are lists of strings (argv, no shell)")
 
+    @property
+    def can_single_use(self) -> bool:
+        return self.backend in SINGLE_USE_BACKENDS
+
     def is_protected(self, request: Request) -> bool:
         return request in self.protect
 
     def wants_single_use(self, request: Request, asked: bool) -> bool:
         """True if a grant for ``request`` must admit only one new connection."""
         return asked or request in self.single_use
+
+
+def single_use_refusal(backend: str) -> str:
+    """Why single-use grants cannot be asked of ``backend`` (the loader says it at load, not at each grant)."""
+    return f"the {backend} backend cannot do single-use grants (use nftables)"

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from spa.client import tokens
-from spa.daemon.worker import TCP_CLIENTS
+from spa.daemon.dns_tcp import TCP_CLIENTS
 from world import need_netns
 from world import junk as junk_module
 from world.daemon import ZONE
@@ -41,12 +41,14 @@ ALICE = ipaddress.ip_address("10.77.1.2")
 BOB = ipaddress.ip_address("10.77.2.2")
 BOB_SERVER = "10.77.2.1"
 JUNK = Path(junk_module.__file__)
+CROWD = JUNK.with_name("crowd.py")
 STATICS = '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 5\nopen = ["tcp/22"]\n'
 # The flood: bounded in count and in time, paced so it measures robustness, not capacity.
 FLOOD_COUNT = 18_000
 FLOOD_SECONDS = 6.0
 FLOOD_RATE = 3000.0
 HELD_CONNECTIONS = 70  # more than the worker serves at once: the oldest make room
+EVICT_ROUNDS = 30  # connections past the limit, each evicting a client whose query is on its way
 
 
 def counters(k: Knocking) -> dict[str, int]:
@@ -181,3 +183,27 @@ def test_a_malformed_flood_is_counted_and_knocks_still_open(knocking: Knocking, 
     status = json.loads((k.served.directory / "state" / "status.json").read_text())
     assert (status["supervisor"], status["worker"]) == (supervisor, worker)
     assert k.served.stop() == 0
+
+
+def test_evicting_a_dns_tcp_client_whose_query_is_waiting_does_not_end_the_worker(knocking: Knocking) -> None:
+    """Issue 13, HIGH 2. With every DNS-over-TCP slot taken, a new connection makes the
+    worker close its least recently active client; that client's query, arriving in the
+    same event batch, once met a closed socket (KeyError) and the worker died: a new
+    worker is a new gate (lockouts and rate limits start afresh), and six deaths a
+    minute made the supervisor give up and drop every grant."""
+    k = knocking
+    supervisor, worker = k.served.process.pid, k.served.worker_pid()  # type: ignore[union-attr]
+    crowd = k.world.popen(k.world.alice, [sys.executable, str(CROWD), "evict", SERVER, "--zone", ZONE,
+                                          "--clients", str(TCP_CLIENTS), "--rounds", str(EVICT_ROUNDS),
+                                          "--seconds", "8"])
+    assert wait_line(crowd, "ready") == "ready\n"
+    summary = read_json_line(crowd)
+    assert not re.search(r"worker (exited|failed)|Traceback", k.served.log()), k.served.log()
+    assert summary["rounds"] == EVICT_ROUNDS, summary
+    # Every round evicted someone (its newcomer took a slot) and answered the survivors.
+    assert summary["closed by the server"] >= EVICT_ROUNDS and summary["answers"] > 0, summary
+    assert alive(supervisor) and alive(worker)
+    over_tcp = k.world.bob.run(["dig", f"@{BOB_SERVER}", ZONE, "SOA", "+tcp", "+tries=1", "+time=3"], check=False)
+    assert "status: NOERROR" in over_tcp.stdout, over_tcp.stdout + over_tcp.stderr
+    assert counters(k).get("errors.unexpected", 0) == 0
+    assert k.served.worker_pid() == worker and k.served.stop() == 0

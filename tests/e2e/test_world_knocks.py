@@ -19,6 +19,7 @@ from spa.demo.internet import PUBLIC_NAT, SERVER, Internet
 from spa.demo.netns import wait_until
 from spa.demo.scenarios import SSH_PORT, Stage, format_table, scenarios, stage
 from world import need_netns
+from world.daemon import remove
 
 pytestmark = pytest.mark.netns
 
@@ -36,7 +37,7 @@ def staged() -> Iterator[Stage]:
         ready = stage(world)
         yield ready
         ready.served.stop()
-        ready.served.remove()
+        remove(ready.served)  # fails the module if spa serve contained an unexpected exception
     finally:
         world.close()
 
