@@ -25,7 +25,9 @@ from spa.core import config as config_module
 from spa.core.events import Carrier, Grant, Request
 from spa.daemon import messages
 from spa.daemon.contain import COUNTER
-from spa.daemon.supervisor import STATUS, Supervisor, _Child
+from spa.daemon import statedir
+from spa.daemon.statedir import STATUS
+from spa.daemon.supervisor import Supervisor, _Child
 from spa.firewall import open_backend
 
 SSH = Request("tcp", 22)
@@ -41,7 +43,7 @@ def supervisor(tmp_path: Path) -> Supervisor:
     made = Supervisor(directory / "spa.toml")  # the dry-run backend: no root, no kernel state
     made.backend = open_backend(made.config.firewall)
     made.child = _Child(os.getpid(), -1, messages.LineReader())  # _write_status names the worker
-    made.config.state_dir.mkdir(exist_ok=True)
+    made.state = statedir.prepare(made.config.state_dir, None)  # root's part, as _start makes it
     return made
 
 
