@@ -1,0 +1,73 @@
+"""A compromised worker keeps no raw packet power (issue 13, finding 8).
+
+The kernel checks CAP_NET_RAW only when a packet socket is made, so a worker
+that merely dropped root could still, on the capture sockets it inherited,
+detach spa's filter, capture outgoing traffic, go promiscuous, rebind to any
+interface and send frames with any source address. These tests run the real
+``spa serve`` through tests/world/worker_attacks.py, which makes each of
+those attempts from inside the real worker, after ``_worker_main`` dropped
+root and entered its sandbox, just before the event loop starts. Each must
+be refused with EPERM; the worker must still read its capture and answer
+DNS, and the same daemon must still grant a knock afterwards.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spa.client import tokens
+from spa.demo import served as served_module
+from world import need_netns
+from world.knocking import SERVER, Knocking, prepare
+from world.worker_attacks import MARK
+
+pytestmark = pytest.mark.netns
+
+ALICE = ipaddress.ip_address("10.77.1.2")
+ATTACKS = Path(__file__).resolve().parents[1] / "world" / "worker_attacks.py"
+SEND_UDP = ("import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); "
+            "s.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))")
+MAY = {"may read capture": {"ok", "EAGAIN"}, "may read statistics": {"ok"}, "may answer dns": {"ok"}}
+
+
+@pytest.fixture
+def attacked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Knocking:
+    """spa serve (every carrier, DNS served) whose worker made its attempts at start."""
+    need_netns("nft", libraries=("nftables",))
+    knocking = prepare(request)
+    monkeypatch.setattr(served_module, "SPA", [sys.executable, str(ATTACKS)])
+    knocking.served.start()
+    return knocking
+
+
+def _outcomes(log: str) -> dict[str, str]:
+    lines = [line for line in log.splitlines() if line.startswith(MARK)]
+    assert lines, f"the worker made no attempts:\n{log}"
+    return json.loads(lines[-1][len(MARK):])
+
+
+def test_the_dropped_worker_cannot_sniff_or_spoof(attacked: Knocking) -> None:
+    outcomes = _outcomes(attacked.served.log())
+    refusals = {name: got for name, got in outcomes.items() if name not in MAY}
+    assert len(refusals) >= 16, outcomes
+    allowed = {name: got for name, got in refusals.items() if got != "EPERM"}
+    assert not allowed, f"the worker could still: {allowed}"
+
+
+def test_the_sandboxed_worker_still_reads_answers_and_grants(attacked: Knocking) -> None:
+    k = attacked
+    outcomes = _outcomes(k.served.log())
+    for name, fine in MAY.items():
+        assert outcomes.get(name) in fine, (name, outcomes)
+    k.closed_before()
+    packet = tokens.spa_datagram(k.key, int(time.time()), source=ALICE)
+    k.alice_runs(sys.executable, "-c", SEND_UDP, packet.hex(), SERVER, "62201")
+    assert k.opens(), k.served.log()
+    k.only_alice()
+    assert "worker exited" not in k.served.log()
