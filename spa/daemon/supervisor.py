@@ -28,7 +28,7 @@ from spa.errors import SpaError
 from spa.firewall import Backend, FirewallError, open_backend
 from spa.firewall.watch import NftWatch
 
-from . import messages, privdrop, recheck
+from . import messages, privdrop, recheck, sandbox
 from .integrity import ClockWatch, keep_guard
 from .listeners import Listeners, open_listeners, wanted
 from .worker import Worker, pipe_emitter, serve
@@ -457,14 +457,14 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
     # The state directory is opened here, as root: the ledger then works
     # relative to it, and the worker needs no access to the directories above.
     state = os.open(config.state_dir, os.O_RDONLY | os.O_DIRECTORY)
-    keep = {0, 1, 2, pipe, state, *(s.fileno() for s in listeners.dns_udp + listeners.dns_tcp)}
-    if listeners.capture is not None:
-        keep |= {s.fileno() for s in listeners.capture.sockets()}
+    capture = {s.fileno() for s in listeners.capture.sockets()} if listeners.capture is not None else set()
+    keep = {0, 1, 2, pipe, state, *capture, *(s.fileno() for s in listeners.dns_udp + listeners.dns_tcp)}
     _close_other_fds(keep)  # the firewall's netlink socket above all
     os.umask(0o077)
     if account is not None:
         privdrop.drop(account)
         privdrop.die_with_parent(supervisor)  # the new credentials cleared the first request
+    sandbox.enter(capture)  # before the first untrusted byte, the ledger file included
     try:
         # The worker syncs the ledger itself, after sending a grant and
         # before the supervisor may apply it (worker.Worker._release).

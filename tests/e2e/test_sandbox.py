@@ -46,14 +46,16 @@ def attacked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     return knocking
 
 
-def _outcomes(log: str) -> dict[str, str]:
+def _outcomes(k: Knocking) -> dict[str, str]:
+    k.served.wait_log(MARK)  # the worker reports after the supervisor's banner
+    log = k.served.log()
     lines = [line for line in log.splitlines() if line.startswith(MARK)]
     assert lines, f"the worker made no attempts:\n{log}"
     return json.loads(lines[-1][len(MARK):])
 
 
 def test_the_dropped_worker_cannot_sniff_or_spoof(attacked: Knocking) -> None:
-    outcomes = _outcomes(attacked.served.log())
+    outcomes = _outcomes(attacked)
     refusals = {name: got for name, got in outcomes.items() if name not in MAY}
     assert len(refusals) >= 16, outcomes
     allowed = {name: got for name, got in refusals.items() if got != "EPERM"}
@@ -62,7 +64,7 @@ def test_the_dropped_worker_cannot_sniff_or_spoof(attacked: Knocking) -> None:
 
 def test_the_sandboxed_worker_still_reads_answers_and_grants(attacked: Knocking) -> None:
     k = attacked
-    outcomes = _outcomes(k.served.log())
+    outcomes = _outcomes(k)
     for name, fine in MAY.items():
         assert outcomes.get(name) in fine, (name, outcomes)
     k.closed_before()

@@ -78,7 +78,7 @@ def _in_child(attempt: Callable[[], object]) -> str:
     return "ok" if code == 0 else errno.errorcode.get(code, str(code))
 
 
-def _forged_frame(interface: str) -> bytes:
+def _forged_frame() -> bytes:
     """An IPv4/UDP packet from an address that is not ours (10.77.1.99 to alice)."""
     payload = b"forged"
     udp = struct.pack("!HHHH", 4444, 4444, 8 + len(payload), 0) + payload
@@ -87,14 +87,15 @@ def _forged_frame(interface: str) -> bytes:
     return header + udp
 
 
-def attempts(listeners: Listeners) -> dict[str, str]:
-    """Each attack the worker must not be able to make, and two things it must."""
+def attempts(listeners: Listeners, interface: str, index: int) -> dict[str, str]:
+    """Each attack the worker must not be able to make, and what it must still do.
+
+    ``interface`` (number ``index``) is a link of this host to spoof and sniff on.
+    """
     assert listeners.capture is not None
     capture = listeners.capture.sockets()[0]
     fd = capture.fileno()
-    interface = next(name for _, name in socket.if_nameindex() if name != "lo")
-    index = socket.if_nametoindex(interface)
-    frame = _forged_frame(interface)
+    frame = _forged_frame()
     to = (interface, ETH_P_IP, 0, 1, b"\xff" * 6)
     accept_all = [(bpf.RET_K, 0, 0, 0x40000)]
     membership = struct.pack("=iHH8s", index, PACKET_MR_PROMISC, 0, b"")
@@ -138,9 +139,13 @@ def attempts(listeners: Listeners) -> dict[str, str]:
 
 
 def _attacking(serve: Callable[..., int]) -> Callable[..., int]:
+    # Looked up now, in the supervisor: the sandboxed worker cannot open the netlink socket it takes.
+    interface = next(name for _, name in socket.if_nameindex() if name != "lo")
+    index = socket.if_nametoindex(interface)
+
     def attacked(*args: Any, **kwargs: Any) -> int:
         listeners = next(a for a in (*args, *kwargs.values()) if isinstance(a, Listeners))
-        print(MARK + json.dumps(attempts(listeners)), file=sys.stderr, flush=True)
+        print(MARK + json.dumps(attempts(listeners, interface, index)), file=sys.stderr, flush=True)
         return serve(*args, **kwargs)
 
     return attacked
