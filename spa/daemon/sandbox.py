@@ -18,6 +18,8 @@ What it refuses, all with EPERM:
   built: every way to send (``write``, ``writev``, ``pwrite*``, ``sendto``,
   ``sendfile`` and ``splice`` into them), ``ioctl``, and copying them to a
   number the filter does not know (``dup*``, ``fcntl(F_DUPFD*)``);
+* every ``ioctl`` but the few Python itself makes (IOCTLS): no interface,
+  address or route changes, whatever capabilities a non-root start left;
 * leaving the process or its namespaces: ``execve*``, ``ptrace``,
   ``process_vm_*``, ``pidfd_getfd``, ``unshare``, ``setns``, ``clone`` with
   a namespace flag (``clone3``, whose flags sit behind a pointer, gets ENOSYS
@@ -129,8 +131,14 @@ DENIED = (
 # Refused when this argument is a capture descriptor: 0 the fd written or copied, 2 splice's fd_out.
 ON_CAPTURE = {
     "write": 0, "writev": 0, "pwrite64": 0, "pwritev": 0, "pwritev2": 0, "sendto": 0,
-    "sendfile": 0, "splice": 2, "ioctl": 0, "dup": 0, "dup2": 0, "dup3": 0,
+    "sendfile": 0, "splice": 2, "dup": 0, "dup2": 0, "dup3": 0,
 }
+# The only ioctls allowed, and never on a capture socket: what Python itself asks
+# (isatty, terminal size, O_NONBLOCK, close-on-exec, bytes readable). The rest
+# (interface flags, addresses, routes: SIOCS*) is refused even if a capability
+# came along.
+IOCTLS = {"TCGETS": 0x5401, "TIOCGWINSZ": 0x5413, "FIONREAD": 0x541B, "FIONBIO": 0x5421,
+          "FIONCLEX": 0x5450, "FIOCLEX": 0x5451}
 
 
 class SandboxError(PrivilegeError):
@@ -178,14 +186,15 @@ def program(arch: Architecture, capture: Iterable[int]) -> list[Instruction]:
     items += [Op(JEQ_K, n, "deny", None) for n in _numbers(arch, DENIED)]
     items += [Op(JEQ_K, _number(arch, "clone3"), "nosys", None),
               Op(JEQ_K, _number(arch, "clone"), "to.clone", None),
-              Op(JEQ_K, _number(arch, "fcntl"), "to.fcntl", None)]
+              Op(JEQ_K, _number(arch, "fcntl"), "to.fcntl", None),
+              Op(JEQ_K, _number(arch, "ioctl"), "to.ioctl", None)]
     for call, index in ON_CAPTURE.items():
         number = arch.number(call)
         if number is not None:
             items.append(Op(JEQ_K, number, f"to.fd{index}", None))
     items.append(allow)
     # Long jumps go through ``ja`` (32-bit offsets): each block below may hold many fds.
-    blocks = ["clone", "fcntl", *sorted({f"fd{index}" for index in ON_CAPTURE.values()})]
+    blocks = ["clone", "fcntl", "ioctl", *sorted({f"fd{index}" for index in ON_CAPTURE.values()})]
     for block in blocks:
         items += [Label(f"to.{block}"), Op(JA, 0, block)]
     items += [Label("kill"), Op(RET_K, SECCOMP_RET_KILL_PROCESS), Label("deny"), deny,
@@ -195,6 +204,9 @@ def program(arch: Architecture, capture: Iterable[int]) -> list[Instruction]:
     items += [Label("fcntl"), *_is_capture(argument(0), fds, "fcntl.cmd"), allow,
               Label("fcntl.cmd"), Op(LD_ABS, argument(1)), Op(JEQ_K, F_DUPFD, "fcntl.deny", None),
               Op(JEQ_K, F_DUPFD_CLOEXEC, "fcntl.deny", None), allow, Label("fcntl.deny"), deny]
+    items += [Label("ioctl"), *_is_capture(argument(0), fds, "ioctl.deny"), Op(LD_ABS, argument(1)),
+              *(Op(JEQ_K, request, "ioctl.allow", None) for request in IOCTLS.values()),
+              Label("ioctl.deny"), deny, Label("ioctl.allow"), allow]
     for index in sorted(set(ON_CAPTURE.values())):
         items += [Label(f"fd{index}"), *_is_capture(argument(index), fds, f"fd{index}.deny"), allow,
                   Label(f"fd{index}.deny"), deny]

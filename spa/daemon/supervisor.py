@@ -464,6 +464,8 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
     if account is not None:
         privdrop.drop(account)
         privdrop.die_with_parent(supervisor)  # the new credentials cleared the first request
+    else:
+        privdrop.shed_capabilities()  # started as another user, maybe with capabilities
     sandbox.enter(capture)  # before the first untrusted byte, the ledger file included
     try:
         # The worker syncs the ledger itself, after sending a grant and

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from spa.client import tokens
+from spa.daemon import privdrop
 from spa.demo import served as served_module
 from world import need_netns
 from world.knocking import SERVER, Knocking, prepare
@@ -34,14 +36,25 @@ ATTACKS = Path(__file__).resolve().parents[1] / "world" / "worker_attacks.py"
 SEND_UDP = ("import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); "
             "s.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))")
 MAY = {"may read capture": {"ok", "EAGAIN"}, "may read statistics": {"ok"}, "may answer dns": {"ok"}}
+NOBODY = 65534
+# spa started not as root but as nobody with the capabilities it needs, as a
+# unit with User= and AmbientCapabilities= would: drop() has no root to drop there.
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+             "--inh-caps=+net_admin,+net_raw,+net_bind_service",
+             "--ambient-caps=+net_admin,+net_raw,+net_bind_service", "--"]
 
 
-@pytest.fixture
+@pytest.fixture(params=["root", "nobody with capabilities"])
 def attacked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Knocking:
     """spa serve (every carrier, DNS served) whose worker made its attempts at start."""
-    need_netns("nft", libraries=("nftables",))
+    need_netns("nft", "setpriv", libraries=("nftables",))
     knocking = prepare(request)
-    monkeypatch.setattr(served_module, "SPA", [sys.executable, str(ATTACKS)])
+    prefix: list[str] = []
+    if request.param != "root":
+        prefix = AS_NOBODY
+        for path in [knocking.served.directory, *knocking.served.directory.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY)
+    monkeypatch.setattr(served_module, "SPA", [*prefix, sys.executable, str(ATTACKS)])
     knocking.served.start()
     return knocking
 
@@ -55,6 +68,8 @@ def _outcomes(k: Knocking) -> dict[str, str]:
 
 
 def test_the_dropped_worker_cannot_sniff_or_spoof(attacked: Knocking) -> None:
+    capabilities = privdrop.capabilities(attacked.served.worker_pid())
+    assert capabilities == dict.fromkeys(capabilities, 0), capabilities
     outcomes = _outcomes(attacked)
     refusals = {name: got for name, got in outcomes.items() if name not in MAY}
     assert len(refusals) >= 16, outcomes
@@ -73,3 +88,4 @@ def test_the_sandboxed_worker_still_reads_answers_and_grants(attacked: Knocking)
     assert k.opens(), k.served.log()
     k.only_alice()
     assert "worker exited" not in k.served.log()
+

@@ -36,6 +36,7 @@ from world.need import need  # noqa: E402
 HEADERS = {0: Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"), 1: Path("/usr/include/asm-generic/unistd.h")}
 ARCH = sandbox.architecture(os.uname().machine, struct.calcsize("P"))
 FIONBIO = 0x5421
+SIOCGIFFLAGS = 0x8913
 CLONE_NEWUSER = 0x10000000
 PTRACE_TRACEME = 0
 
@@ -69,7 +70,7 @@ def test_the_number_tables_match_the_kernel_headers(column: int) -> None:
 
 
 def test_every_named_call_has_a_number() -> None:
-    named = set(sandbox.DENIED) | set(sandbox.ON_CAPTURE) | {"clone", "clone3", "fcntl"}
+    named = set(sandbox.DENIED) | set(sandbox.ON_CAPTURE) | {"clone", "clone3", "fcntl", "ioctl"}
     assert named <= set(sandbox.NUMBERS)
 
 
@@ -173,6 +174,8 @@ def _refused(capture: socket.socket, other: socket.socket, directory: Path) -> d
         "sendfile": _outcome(lambda: os.sendfile(fd, os.open(source, os.O_RDONLY), 0, 1)),
         "splice": _outcome(lambda: os.splice(pipe_r, fd, 1)),
         "ioctl": _outcome(lambda: fcntl.ioctl(fd, FIONBIO, struct.pack("i", 1))),
+        "interface ioctl elsewhere": _outcome(lambda: fcntl.ioctl(other.fileno(), SIOCGIFFLAGS,
+                                                                   struct.pack("16sH14x", b"lo", 0))),
         "dup": _outcome(lambda: os.dup(fd)),
         "dup2": _outcome(lambda: os.dup2(fd, 200)),
         "dup3": _outcome(lambda: os.dup2(fd, 201, inheritable=False)),
@@ -240,6 +243,8 @@ def _allowed(capture: socket.socket, other: socket.socket, directory: Path) -> d
         "dup another descriptor": _outcome(lambda: os.close(os.dup(other.fileno()))),
         "ioctl elsewhere": _outcome(lambda: fcntl.ioctl(other.fileno(), FIONBIO, struct.pack("i", 1))),
         "write stderr": _outcome(lambda: os.write(2, b"")),
+        "isatty": _outcome(lambda: os.isatty(0)),
+        "close-on-exec": _outcome(lambda: os.set_inheritable(other.fileno(), False)),
         "files in the state directory": _outcome(files),
         "fork": _forked(lambda: None),
         "thread": _outcome(thread_runs),
