@@ -12,6 +12,7 @@ import ctypes
 import os
 import pwd
 import signal
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from spa.errors import SpaError
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
 class PrivilegeError(SpaError):
@@ -83,9 +86,43 @@ def drop(to: Account) -> None:
         raise PrivilegeError("capabilities remain after dropping root")
 
 
+def shed_capabilities() -> None:
+    """Give up every capability a process not started as root holds, or raise.
+
+    A supervisor run as another user with file or ambient capabilities
+    (NET_ADMIN, NET_RAW, ...) has no root to drop, so :func:`drop` does
+    nothing, and without this its worker would keep them: enough to make
+    new packet or netlink sockets, or to change interfaces through any
+    socket's ioctl.
+    """
+    if os.geteuid() == 0:
+        raise PrivilegeError("shed_capabilities is for a process not running as root; use drop")
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    # struct __user_cap_header_struct (the kernel may write its version back), then
+    # two struct __user_cap_data_struct (effective, permitted, inheritable), all zero.
+    header = ctypes.create_string_buffer(struct.pack("=Ii", LINUX_CAPABILITY_VERSION_3, 0))
+    empty = ctypes.create_string_buffer(24)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.capset(header, empty) != 0:
+        raise PrivilegeError(f"capset failed: {os.strerror(ctypes.get_errno())}")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if any(capabilities("self").values()):
+        raise PrivilegeError("capabilities remain after giving them up")
+
+
 def effective_capabilities(pid: int | str = "self") -> int:
     """CapEff of a process, from /proc (0: no capability at all)."""
+    return capabilities(pid)["CapEff"]
+
+
+def capabilities(pid: int | str = "self") -> dict[str, int]:
+    """The capability sets a process can use or regain (CapEff, CapPrm, CapInh, CapAmb), from /proc."""
+    wanted = ("CapEff", "CapPrm", "CapInh", "CapAmb")
+    found = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    raise PrivilegeError("no CapEff in /proc status")
+        name, _, value = line.partition(":")
+        if name in wanted:
+            found[name] = int(value.split()[0], 16)
+    if set(found) != set(wanted):
+        raise PrivilegeError("capability sets missing from /proc status")
+    return found

@@ -32,7 +32,7 @@ from spa.errors import SpaError
 from spa.firewall import Backend, FirewallError, open_backend
 from spa.firewall.watch import NftWatch
 
-from . import messages, privdrop, recheck, statedir
+from . import messages, privdrop, recheck, sandbox, statedir
 from .contain import COUNTER, Unexpected
 from .integrity import ClockWatch, keep_guard
 from .listeners import Listeners, open_listeners, wanted
@@ -486,14 +486,16 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
     # nothing in it), and opened after the drop: the ledger then works
     # relative to it, and the worker needs no access to the directories above.
     state = statedir.worker_handle(config.state_dir)
-    keep = {0, 1, 2, pipe, state, *(s.fileno() for s in listeners.dns_udp + listeners.dns_tcp)}
-    if listeners.capture is not None:
-        keep |= {s.fileno() for s in listeners.capture.sockets()}
+    capture = {s.fileno() for s in listeners.capture.sockets()} if listeners.capture is not None else set()
+    keep = {0, 1, 2, pipe, state, *capture, *(s.fileno() for s in listeners.dns_udp + listeners.dns_tcp)}
     _close_other_fds(keep)  # the firewall's netlink socket above all
     os.umask(0o077)
     if account is not None:
         privdrop.drop(account)
         privdrop.die_with_parent(supervisor)  # the new credentials cleared the first request
+    else:
+        privdrop.shed_capabilities()  # started as another user, maybe with capabilities
+    sandbox.enter(capture)  # before the first untrusted byte, the ledger file included
     try:
         # The worker syncs the ledger itself, after sending a grant and
         # before the supervisor may apply it (worker.Worker._release).

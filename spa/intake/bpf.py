@@ -158,14 +158,15 @@ def merge(ranges: Iterable[PortRange]) -> list[PortRange]:
 
 
 # --- a tiny assembler: labels instead of hand-counted jump offsets -----------
+# Public: the worker's seccomp filter (spa/daemon/sandbox.py) is classic BPF too.
 
 @dataclass(frozen=True)
-class _Label:
+class Label:
     name: str
 
 
 @dataclass(frozen=True)
-class _Op:
+class Op:
     """One instruction; ``true``/``false`` name labels (None: the next instruction)."""
 
     code: int
@@ -174,14 +175,16 @@ class _Op:
     false: str | None = None
 
 
-_Item = _Label | _Op
+Item = Label | Op
 
 
-def _assemble(items: list[_Item]) -> list[Instruction]:
+def assemble(items: list[Item]) -> list[Instruction]:
+    """Resolve labels to jump offsets; raises if the program is too long or a
+    conditional jump (one byte) cannot reach its label."""
     where: dict[str, int] = {}
     count = 0
     for item in items:
-        if isinstance(item, _Label):
+        if isinstance(item, Label):
             where[item.name] = count
         else:
             count += 1
@@ -190,7 +193,7 @@ def _assemble(items: list[_Item]) -> list[Instruction]:
                          f"{MAX_INSTRUCTIONS}: want fewer or wider port ranges")
     program: list[Instruction] = []
     for item in items:
-        if isinstance(item, _Label):
+        if isinstance(item, Label):
             continue
         here = len(program) + 1  # offsets count from the next instruction
         if item.code == JA:
@@ -205,28 +208,28 @@ def _assemble(items: list[_Item]) -> list[Instruction]:
     return program
 
 
-def _port_checks(prefix: str, ranges: list[PortRange], snaplen: int) -> list[_Item]:
+def _port_checks(prefix: str, ranges: list[PortRange], snaplen: int) -> list[Item]:
     """Accept if A (a port) is in one of the sorted, disjoint ``ranges``.
 
     Walked in ascending order: below a range's low end means below every range
     still ahead, so reject at once. Each group of ranges ends in its own pair of
     ``ret`` instructions so every conditional jump stays within 255.
     """
-    items: list[_Item] = []
+    items: list[Item] = []
     groups = [ranges[i:i + _RANGES_PER_GROUP] for i in range(0, len(ranges), _RANGES_PER_GROUP)]
     for number, group in enumerate(groups):
         accept, reject = f"{prefix}{number}.accept", f"{prefix}{number}.reject"
         beyond = f"{prefix}{number + 1}" if number + 1 < len(groups) else reject
-        items.append(_Label(f"{prefix}{number}"))
+        items.append(Label(f"{prefix}{number}"))
         for index, r in enumerate(group):
             above = beyond if index == len(group) - 1 else None
             if r.low == r.high:
-                items.append(_Op(JEQ_K, r.low, accept, above))
+                items.append(Op(JEQ_K, r.low, accept, above))
                 continue
             if r.low > 0:
-                items.append(_Op(JGE_K, r.low, None, reject))
-            items.append(_Op(JGT_K, r.high, above, accept))
-        items += [_Label(accept), _Op(RET_K, snaplen), _Label(reject), _Op(RET_K, 0)]
+                items.append(Op(JGE_K, r.low, None, reject))
+            items.append(Op(JGT_K, r.high, above, accept))
+        items += [Label(accept), Op(RET_K, snaplen), Label(reject), Op(RET_K, 0)]
     return items
 
 
@@ -244,7 +247,7 @@ def compile_filter(wanted: Wanted, snaplen: int = 2048) -> list[Instruction]:
     if not (wanted.icmp_echo or udp or tcp):
         return [(RET_K, 0, 0, 0)]
 
-    def dispatch(echo_protocol: int, echo_label: str) -> list[_Item]:
+    def dispatch(echo_protocol: int, echo_label: str) -> list[Item]:
         # Protocol in A, transport header offset in X. Long-distance jumps to
         # the port blocks go through ``ja`` (32-bit offset): only it can reach
         # past a long list of ranges.
@@ -255,55 +258,55 @@ def compile_filter(wanted: Wanted, snaplen: int = 2048) -> list[Instruction]:
             cases.append((UDP, "to.udp"))
         if tcp:
             cases.append((TCP, "to.tcp"))
-        return [_Op(JEQ_K, protocol, label, "reject" if i == len(cases) - 1 else None)
+        return [Op(JEQ_K, protocol, label, "reject" if i == len(cases) - 1 else None)
                 for i, (protocol, label) in enumerate(cases)]
 
-    items: list[_Item] = [
+    items: list[Item] = [
         # Only frames sent to this host: when an interface is promiscuous
         # (a tcpdump running), knocks meant for other machines pass by too.
-        _Op(LD_ABS, PKTTYPE),
-        _Op(JEQ_K, PACKET_HOST, None, "reject"),
-        _Op(LDB_ABS, 0),
-        _Op(AND_K, 0xF0),
-        _Op(JEQ_K, 0x40, None, "v6"),
+        Op(LD_ABS, PKTTYPE),
+        Op(JEQ_K, PACKET_HOST, None, "reject"),
+        Op(LDB_ABS, 0),
+        Op(AND_K, 0xF0),
+        Op(JEQ_K, 0x40, None, "v6"),
         # IPv4: no fragments, X = header length (IHL * 4, options included).
-        _Op(LDH_ABS, 6),
-        _Op(JSET_K, _V4_FRAGMENTED, "reject", None),
-        _Op(LDX_MSH, 0),
-        _Op(LDB_ABS, 9),
+        Op(LDH_ABS, 6),
+        Op(JSET_K, _V4_FRAGMENTED, "reject", None),
+        Op(LDX_MSH, 0),
+        Op(LDB_ABS, 9),
         *dispatch(ICMP, "icmp4"),
-        _Label("v6"),
-        _Op(JEQ_K, 0x60, None, "reject"),
+        Label("v6"),
+        Op(JEQ_K, 0x60, None, "reject"),
         # IPv6: only the fixed header's next-header; X = 40, the fixed header.
-        _Op(LDX_IMM, 40),
-        _Op(LDB_ABS, 6),
+        Op(LDX_IMM, 40),
+        Op(LDB_ABS, 6),
         *dispatch(ICMPV6, "icmp6"),
     ]
     if wanted.icmp_echo:
         # Type and code in one halfword: echo request, code 0.
         items += [
-            _Label("icmp4"), _Op(LDH_IND, 0), _Op(JEQ_K, 0x0800, "accept", "reject"),
-            _Label("icmp6"), _Op(LDH_IND, 0), _Op(JEQ_K, 0x8000, "accept", "reject"),
+            Label("icmp4"), Op(LDH_IND, 0), Op(JEQ_K, 0x0800, "accept", "reject"),
+            Label("icmp6"), Op(LDH_IND, 0), Op(JEQ_K, 0x8000, "accept", "reject"),
         ]
     if udp:
-        items += [_Label("to.udp"), _Op(JA, 0, "udp")]
+        items += [Label("to.udp"), Op(JA, 0, "udp")]
     if tcp:
-        items += [_Label("to.tcp"), _Op(JA, 0, "tcp")]
-    items += [_Label("accept"), _Op(RET_K, snaplen), _Label("reject"), _Op(RET_K, 0)]
+        items += [Label("to.tcp"), Op(JA, 0, "tcp")]
+    items += [Label("accept"), Op(RET_K, snaplen), Label("reject"), Op(RET_K, 0)]
     if udp:
-        items += [_Label("udp"), _Op(LDH_IND, 2), *_port_checks("udp.", udp, snaplen)]
+        items += [Label("udp"), Op(LDH_IND, 2), *_port_checks("udp.", udp, snaplen)]
     if tcp:
         items += [
-            _Label("tcp"),
-            _Op(LDB_IND, 13),
-            _Op(AND_K, TCP_SYN | TCP_ACK),
-            _Op(JEQ_K, TCP_SYN, "tcp.port", None),
-            _Op(RET_K, 0),
-            _Label("tcp.port"),
-            _Op(LDH_IND, 2),
+            Label("tcp"),
+            Op(LDB_IND, 13),
+            Op(AND_K, TCP_SYN | TCP_ACK),
+            Op(JEQ_K, TCP_SYN, "tcp.port", None),
+            Op(RET_K, 0),
+            Label("tcp.port"),
+            Op(LDH_IND, 2),
             *_port_checks("tcp.", tcp, snaplen),
         ]
-    return _assemble(items)
+    return assemble(items)
 
 
 def attach(sock: socket.socket, program: list[Instruction]) -> None:

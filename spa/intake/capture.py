@@ -14,12 +14,17 @@ queued to us:
    loopback packet, are not delivered to us;
 3. a large receive buffer (``SO_RCVBUFFORCE``, else ``SO_RCVBUF``) so bursts
    wait in the kernel instead of being dropped;
-4. the BPF filter from :mod:`spa.intake.bpf`;
+4. the BPF filter from :mod:`spa.intake.bpf`, then ``SO_LOCK_FILTER``: from
+   now on nobody holding the socket can detach or replace that filter;
 5. only then ``bind`` to ``ETH_P_ALL`` on one interface (or all of them),
    which is the moment packets start to flow.
 
 The sockets are opened with privilege (CAP_NET_RAW) and remain readable after
-the process drops it: nothing here re-opens or re-binds anything later.
+the process drops it: nothing here re-opens or re-binds anything later. The
+kernel checks that privilege only when a socket is made, so a process that
+inherits one could still reconfigure it, rebind it or send on it; the lock
+covers the filter, and the worker's seccomp filter (spa/daemon/sandbox.py)
+the rest.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 PACKET_IGNORE_OUTGOING = 23  # Linux 4.20+
+SO_LOCK_FILTER = 44  # asm-generic/socket.h (Linux 3.9+); not exported by Python's socket module
 SO_RCVBUFFORCE = 33  # not exported by Python's socket module
 SNAPLEN = 2048  # a knock is far shorter; longer packets are cut and then refused by parse()
 
@@ -148,6 +154,7 @@ def _open(program: list[tuple[int, int, int, int]], name: str, rcvbuf: int) -> s
         set_receive_buffer(sock, rcvbuf)
         try:
             attach(sock, program)
+            sock.setsockopt(socket.SOL_SOCKET, SO_LOCK_FILTER, 1)
         except OSError as error:
             raise CaptureError(f"the kernel refused the packet filter: {error.strerror or error}") from None
         _bind(sock, index, name)

@@ -125,6 +125,18 @@ def test_sockets_keep_working_after_dropping_root(world: World) -> None:
     assert summary(found) == [(ALICE4, 6, 7005)], found
 
 
+def test_the_filter_is_locked_even_for_root(world: World) -> None:
+    """SO_LOCK_FILTER: whoever holds the socket later (the worker) cannot take
+    the filter off or swap it; unwanted packets stay out."""
+    listener = start(world, try_unfilter=True)
+    assert listener.first is not None
+    assert (listener.first["detach"], listener.first["replace"]) == ("EPERM", "EPERM"), listener.first
+    send(world, world.alice, "udp", "10.77.1.1", 9999, b"unwanted")
+    send(world, world.alice, "udp", "10.77.1.1", 62201, b"wanted")
+    found = listener.packets(count=1)
+    assert summary(found) == [(ALICE4, 17, 62201)], found
+
+
 def test_without_cap_net_raw_the_error_says_so(world: World) -> None:
     listener = listen(world, world.server, WANTED, drop_before_open=True)
     assert listener.first == {"error": "capturing packets needs root or CAP_NET_RAW"}

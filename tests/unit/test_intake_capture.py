@@ -18,6 +18,7 @@ from spa.intake import capture as capture_module
 from spa.intake.bpf import SO_ATTACH_FILTER, PortRange, Wanted
 from spa.intake.capture import (
     PACKET_IGNORE_OUTGOING,
+    SO_LOCK_FILTER,
     SO_RCVBUFFORCE,
     SOL_PACKET,
     Capture,
@@ -81,7 +82,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return state
 
 
-def test_filter_is_attached_before_bind_and_outgoing_is_ignored(fakes: dict[str, Any]) -> None:
+def test_filter_is_attached_and_locked_before_bind_and_outgoing_is_ignored(fakes: dict[str, Any]) -> None:
     Capture(WANTED)
     calls = [(entry[0], *entry[1:]) for entry in fakes["log"]]
     assert calls == [
@@ -89,6 +90,7 @@ def test_filter_is_attached_before_bind_and_outgoing_is_ignored(fakes: dict[str,
         ("setsockopt", SOL_PACKET, PACKET_IGNORE_OUTGOING),
         ("setsockopt", socket.SOL_SOCKET, SO_RCVBUFFORCE),
         ("setsockopt", socket.SOL_SOCKET, SO_ATTACH_FILTER),
+        ("setsockopt", socket.SOL_SOCKET, SO_LOCK_FILTER),  # whoever inherits it cannot swap the filter
         ("bind", 0),  # 0: every interface
         ("setblocking", False),
     ]

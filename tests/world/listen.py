@@ -8,7 +8,9 @@ Two halves in one file, like agent.py and its proxy:
   parsed fields, or ``{"unparsed": hex}`` if ``parse`` refused it. It exits
   by itself after ``lifetime`` seconds; the test kills it by pid before that.
   Options: ``drop_after_open`` (setuid to nobody once the sockets exist, as
-  the daemon will) and ``drop_before_open`` (start unprivileged).
+  the daemon will), ``drop_before_open`` (start unprivileged) and
+  ``try_unfilter`` (try to detach and to replace the filter, still as root,
+  and add the outcomes to the ready line).
 * :func:`listen` starts it through :meth:`World.popen` and returns a
   :class:`Listener` that reads those lines with bounded waits.
 
@@ -48,6 +50,23 @@ def drop_privileges() -> None:
     os.setuid(NOBODY)
 
 
+def unfilter(sock: socket.socket) -> dict[str, str]:
+    """What detaching the filter, and attaching an accept-all one, give (errno names)."""
+    import errno
+
+    from spa.intake.bpf import RET_K, attach
+
+    def outcome(attempt: Any) -> str:
+        try:
+            attempt()
+        except OSError as problem:
+            return errno.errorcode.get(problem.errno or 0, "?")
+        return "ok"
+
+    return {"detach": outcome(lambda: sock.setsockopt(socket.SOL_SOCKET, 27, 0)),  # SO_DETACH_FILTER
+            "replace": outcome(lambda: attach(sock, [(RET_K, 0, 0, 0x40000)]))}
+
+
 def serve(spec: dict[str, Any]) -> None:
     from spa.errors import SpaError
     from spa.intake.capture import Capture
@@ -65,7 +84,10 @@ def serve(spec: dict[str, Any]) -> None:
         return
     if spec.get("drop_after_open"):
         drop_privileges()
-    say({"ready": True, "uid": os.getuid()})
+    ready: dict[str, Any] = {"ready": True, "uid": os.getuid()}
+    if spec.get("try_unfilter"):
+        ready.update(unfilter(capture.sockets()[0]))
+    say(ready)
     deadline = time.monotonic() + float(spec.get("lifetime", 60))
     with selectors.DefaultSelector() as selector:
         for sock in capture.sockets():

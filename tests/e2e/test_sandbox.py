@@ -1,0 +1,91 @@
+"""A compromised worker keeps no raw packet power (issue 13, finding 8).
+
+The kernel checks CAP_NET_RAW only when a packet socket is made, so a worker
+that merely dropped root could still, on the capture sockets it inherited,
+detach spa's filter, capture outgoing traffic, go promiscuous, rebind to any
+interface and send frames with any source address. These tests run the real
+``spa serve`` through tests/world/worker_attacks.py, which makes each of
+those attempts from inside the real worker, after ``_worker_main`` dropped
+root and entered its sandbox, just before the event loop starts. Each must
+be refused with EPERM; the worker must still read its capture and answer
+DNS, and the same daemon must still grant a knock afterwards.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spa.client import tokens
+from spa.daemon import privdrop
+from spa.demo import served as served_module
+from world import need_netns
+from world.knocking import SERVER, Knocking, prepare
+from world.worker_attacks import MARK
+
+pytestmark = pytest.mark.netns
+
+ALICE = ipaddress.ip_address("10.77.1.2")
+ATTACKS = Path(__file__).resolve().parents[1] / "world" / "worker_attacks.py"
+SEND_UDP = ("import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); "
+            "s.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))")
+MAY = {"may read capture": {"ok", "EAGAIN"}, "may read statistics": {"ok"}, "may answer dns": {"ok"}}
+NOBODY = 65534
+# spa started not as root but as nobody with the capabilities it needs, as a
+# unit with User= and AmbientCapabilities= would: drop() has no root to drop there.
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+             "--inh-caps=+net_admin,+net_raw,+net_bind_service",
+             "--ambient-caps=+net_admin,+net_raw,+net_bind_service", "--"]
+
+
+@pytest.fixture(params=["root", "nobody with capabilities"])
+def attacked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Knocking:
+    """spa serve (every carrier, DNS served) whose worker made its attempts at start."""
+    need_netns("nft", "setpriv", libraries=("nftables",))
+    knocking = prepare(request)
+    prefix: list[str] = []
+    if request.param != "root":
+        prefix = AS_NOBODY
+        for path in [knocking.served.directory, *knocking.served.directory.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY)
+    monkeypatch.setattr(served_module, "SPA", [*prefix, sys.executable, str(ATTACKS)])
+    knocking.served.start()
+    return knocking
+
+
+def _outcomes(k: Knocking) -> dict[str, str]:
+    k.served.wait_log(MARK)  # the worker reports after the supervisor's banner
+    log = k.served.log()
+    lines = [line for line in log.splitlines() if line.startswith(MARK)]
+    assert lines, f"the worker made no attempts:\n{log}"
+    return json.loads(lines[-1][len(MARK):])
+
+
+def test_the_dropped_worker_cannot_sniff_or_spoof(attacked: Knocking) -> None:
+    capabilities = privdrop.capabilities(attacked.served.worker_pid())
+    assert capabilities == dict.fromkeys(capabilities, 0), capabilities
+    outcomes = _outcomes(attacked)
+    refusals = {name: got for name, got in outcomes.items() if name not in MAY}
+    assert len(refusals) >= 16, outcomes
+    allowed = {name: got for name, got in refusals.items() if got != "EPERM"}
+    assert not allowed, f"the worker could still: {allowed}"
+
+
+def test_the_sandboxed_worker_still_reads_answers_and_grants(attacked: Knocking) -> None:
+    k = attacked
+    outcomes = _outcomes(k)
+    for name, fine in MAY.items():
+        assert outcomes.get(name) in fine, (name, outcomes)
+    k.closed_before()
+    packet = tokens.spa_datagram(k.key, int(time.time()), source=ALICE)
+    k.alice_runs(sys.executable, "-c", SEND_UDP, packet.hex(), SERVER, "62201")
+    assert k.opens(), k.served.log()
+    k.only_alice()
+    assert "worker exited" not in k.served.log()
+
