@@ -813,9 +813,13 @@ def _address(text: Optional[str]) -> Optional[Address]:
         raise KnockError("--ip auto is not supported by spa-knock.py (it would need an outside "
                          "lookup service): find your public address and pass it, e.g. --ip 203.0.113.7")
     try:
-        return ipaddress.ip_address(text.strip().strip("[]"))
+        address = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
         raise KnockError("--ip: {!r} is not an IPv4 or IPv6 address".format(text)) from None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        # The server refuses it: an IPv4 host is named by its IPv4 address.
+        raise KnockError("--ip: {} is an IPv4-mapped address: write {}".format(address, address.ipv4_mapped))
+    return address
 
 
 def _windows() -> bool:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from spa.core import compact, datagram, encoding, kdf, sequence
+from spa.core import addresses, compact, datagram, encoding, kdf, sequence
 from spa.core.compact import Obfuscator
 from spa.core.events import IPAddress, Request
 from spa.core.keys import ClientKey
-from spa.errors import KeyFileError
+from spa.errors import KeyFileError, SpaError
 
 
 def _mac_key(key: ClientKey) -> bytes:
@@ -21,16 +21,26 @@ def _mac_key(key: ClientKey) -> bytes:
     return kdf.derive(key.secret, kdf.TOKEN_MAC)
 
 
+def _nameable(address: IPAddress | None) -> IPAddress | None:
+    """Refuse an address the server refuses: an IPv4 host must be named as IPv4."""
+    why = None if address is None else addresses.refusal(address)
+    if why:
+        raise SpaError(f"{why} (write {address.ipv4_mapped})")  # type: ignore[union-attr]
+    return address
+
+
 def compact_token(key: ClientKey, time: int, address: IPAddress | None, request: Request | None = None) -> bytes:
     """16 bytes for ``ping -p`` or a DNS label queried directly; opens ``address`` (None: unbound)."""
     index = key.request_index(request or key.default_request)
-    return compact.seal_compact(Obfuscator(key.obfuscation_key), _mac_key(key), key.key_id, time, index, address)
+    return compact.seal_compact(Obfuscator(key.obfuscation_key), _mac_key(key), key.key_id, time, index,
+                                _nameable(address))
 
 
 def extended_token(key: ClientKey, time: int, address: IPAddress, request: Request | None = None) -> bytes:
     """20 or 32 bytes naming ``address``: for DNS through resolvers, and NAT."""
     index = key.request_index(request or key.default_request)
-    return compact.seal_extended(Obfuscator(key.obfuscation_key), _mac_key(key), key.key_id, time, index, address)
+    return compact.seal_extended(Obfuscator(key.obfuscation_key), _mac_key(key), key.key_id, time, index,
+                                 _nameable(address))
 
 
 def spa_datagram(
@@ -46,6 +56,7 @@ def spa_datagram(
     requests = requests or (key.default_request,)
     for request in requests:
         key.request_index(request)  # refuse ports the key may not open, here and clearly
+    address, source = _nameable(address), _nameable(source)
     if address is not None:
         mode = datagram.Mode.IPV4 if address.version == 4 else datagram.Mode.IPV6
         body = datagram.Body(mode, requests, seconds, address)

@@ -18,6 +18,7 @@ import re
 
 import pyotp
 
+from . import addresses
 from .events import IPAddress, OtpCode
 
 TOTP_DIGITS = (6, 8)
@@ -86,8 +87,11 @@ def _address_from_label(text: str) -> IPAddress | None:
         address = ipaddress.IPv6Address(text.replace("-", ":"))
     except ValueError:
         return None
-    # A scope ("fe80::1%eth0") names an interface of the sender, not an address to open.
-    return None if address.scope_id is not None else address
+    # A scope ("fe80::1%eth0") names an interface of the sender, not an address
+    # to open; an IPv4-mapped address is an IPv4 host in disguise (addresses.py).
+    if address.scope_id is not None or addresses.is_mapped(address):
+        return None
+    return address
 
 
 def _is_code(digits: str) -> bool:

@@ -25,6 +25,7 @@ from spa.core.keys import ClientKey
 from spa.core.policy import Policy
 from spa.daemon import recheck
 from spa.firewall import FirewallError, check_grant, netlink, nft_render
+from spa.errors import SpaError
 from spa.intake.packet import parse
 
 MAPPED = ipaddress.ip_address("::ffff:203.0.113.5")
@@ -108,11 +109,11 @@ def _client_key() -> ClientKey:
 
 def test_the_client_refuses_to_name_a_mapped_address() -> None:
     key = _client_key()
-    with pytest.raises(ValueError, match="IPv4-mapped"):
+    with pytest.raises(SpaError, match="IPv4-mapped"):
         tokens.extended_token(key, NOW, MAPPED)
-    with pytest.raises(ValueError, match="IPv4-mapped"):
+    with pytest.raises(SpaError, match="IPv4-mapped"):
         tokens.spa_datagram(key, NOW, address=MAPPED)
-    with pytest.raises(ValueError, match="IPv4-mapped"):
+    with pytest.raises(SpaError, match="IPv4-mapped"):
         tokens.compact_token(key, NOW, MAPPED)
 
 
