@@ -309,6 +309,8 @@ def encode_body(mode: int, requests: Sequence[Request], seconds: int = 0,
     """The datagram body: mode | [address] | seconds | n | n x (proto | port)."""
     if not 1 <= len(requests) <= 16:
         raise KnockError("a datagram asks for 1-16 ports")
+    if len(set(requests)) != len(requests):
+        raise KnockError("a datagram asks for each port at most once")
     if not 0 <= seconds <= 0xFFFF:
         raise KnockError("--seconds must be 0-65535")
     out = bytearray([mode])

@@ -53,7 +53,7 @@ def spa_datagram(
 ) -> bytes:
     """One UDP SPA datagram. ``address`` names what to open; else ``source`` (as the
     server will see it) binds it to the sender; with neither it is unbound."""
-    requests = requests or (key.default_request,)
+    requests = tuple(dict.fromkeys(requests)) or (key.default_request,)  # each port once (docs/protocol.md)
     for request in requests:
         key.request_index(request)  # refuse ports the key may not open, here and clearly
     address, source = _nameable(address), _nameable(source)
@@ -69,7 +69,9 @@ def spa_datagram(
     if key.signing_key is not None:
         signer = Ed25519PrivateKey.from_private_bytes(key.signing_key)
         wire = kdf.derive(key.obfuscation_key, kdf.WIRE)
-        return datagram.seal(obfuscator, key.key_id, time, body, aead_key=wire, signing_key=signer, source=source)
+        server_id = kdf.derive(key.obfuscation_key, kdf.SERVER_ID)
+        return datagram.seal(obfuscator, key.key_id, time, body, aead_key=wire, signing_key=signer,
+                             server_id=server_id, source=source)
     assert key.secret is not None
     aead = kdf.derive(key.secret, kdf.DATAGRAM_AEAD)
     return datagram.seal(obfuscator, key.key_id, time, body, aead_key=aead, source=source)

@@ -232,9 +232,11 @@ class Gate:
             return self._reject(knock, Reason.RATE_LIMITED, "too many attempts from this source", entry.name)
         aead = self.keyring.wire if signed else entry.aead
         assert aead is not None  # checked with the key above
-        body = datagram.open_body(header, payload, aead, knock.source, entry.verify_key if signed else None)
-        if body is None:
-            return self._reject(knock, Reason.BAD_MAC, "", entry.name)
+        body = datagram.open_body(header, payload, aead, knock.source, entry.verify_key if signed else None,
+                                  self.keyring.server_id if signed else None)
+        if isinstance(body, Reason):
+            detail = "not exactly one body" if body == Reason.MALFORMED else ""
+            return self._reject(knock, body, detail, entry.name)
         address = body.address if body.address is not None else knock.source
         mapped = addresses.refusal(address)
         if mapped:

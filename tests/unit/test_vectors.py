@@ -54,6 +54,7 @@ def test_subkeys_follow_the_spec() -> None:
     assert KEYS["datagram_aead_key"] == h(S, b"spa1 datagram aead").hex()
     assert KEYS["sequence_key"] == h(S, b"spa1 sequence").hex()
     assert KEYS["wire_key"] == h(O, b"spa1 datagram wire").hex()
+    assert KEYS["server_id"] == h(O, b"spa1 server id").hex()
 
 
 @pytest.mark.parametrize("case", VECTORS["compact"])
@@ -99,7 +100,8 @@ def test_datagram_follows_the_spec(case: dict[str, Any]) -> None:
     if signed:
         assert payload[: len(body)] == body and len(payload) == len(body) + 64
         public = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(KEYS["signing_seed"])).public_key()
-        public.verify(payload[len(body):], b"spa1 datagram sig" + header + body + bound)
+        server_id = bytes.fromhex(KEYS["server_id"])
+        public.verify(payload[len(body):], b"spa1 datagram sig" + server_id + header + body + bound)
     else:
         assert payload == body
 

@@ -43,6 +43,7 @@ def build() -> dict[str, Any]:
             "datagram_aead_key": kdf.derive(SECRET, kdf.DATAGRAM_AEAD).hex(),
             "sequence_key": kdf.derive(SECRET, kdf.SEQUENCE).hex(),
             "wire_key": kdf.derive(OBFUSCATION_KEY, kdf.WIRE).hex(),
+            "server_id": kdf.derive(OBFUSCATION_KEY, kdf.SERVER_ID).hex(),
             "signing_seed": SIGNING_SEED.hex(),
             "totp_secret": TOTP_SECRET,
             "key_id": KEY_ID,
@@ -86,6 +87,7 @@ def build() -> dict[str, Any]:
             obfuscator, KEY_ID, TIME, body,
             aead_key=kdf.derive(OBFUSCATION_KEY, kdf.WIRE) if signed else kdf.derive(SECRET, kdf.DATAGRAM_AEAD),
             signing_key=signer if signed else None,
+            server_id=kdf.derive(OBFUSCATION_KEY, kdf.SERVER_ID) if signed else None,
             source=ipaddress.ip_address(source) if body.mode == datagram.Mode.SOURCE else None,
             random=random,
         )
