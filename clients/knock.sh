@@ -331,6 +331,7 @@ read_key() {
         *) die "$KEY: name: expected lowercase letters and digits, starting with a letter" ;;
     esac
     case $NAME in *[!a-z0-9]*) die "$KEY: name: expected lowercase letters and digits" ;; esac
+    [ "${#NAME}" -le 12 ] || die "$KEY: name: expected 1-12 lowercase letters and digits"
 
     KEY_ID=$(key_value key_id)
     if ! is_number "$KEY_ID" || ! at_most "$KEY_ID" 65535 || [ "$KEY_ID" = 0 ]; then

@@ -545,8 +545,8 @@ def load_key(path: str) -> Key:
     if values.get("format") != KEY_FORMAT:
         raise fail("format", 'expected "{}" (is this an spa client key file?)'.format(KEY_FORMAT))
     name = string("name")
-    if not re.match(r"^[a-z][a-z0-9]{0,31}$", name):
-        raise fail("name", "expected 1-32 lowercase letters and digits, starting with a letter")
+    if not re.match(r"^[a-z][a-z0-9]{0,11}$", name):
+        raise fail("name", "expected 1-12 lowercase letters and digits, starting with a letter")
     key_id = values.get("key_id")
     if not isinstance(key_id, int) or isinstance(key_id, bool) or not 1 <= key_id <= 0xFFFF:
         raise fail("key_id", "expected a whole number 1-65535")

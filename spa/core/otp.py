@@ -23,7 +23,10 @@ from .events import IPAddress, OtpCode
 
 TOTP_DIGITS = (6, 8)
 EMERGENCY_DIGITS = 10
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,31}$")
+# The longest code label, name-<10 digits>-<IPv6 in RFC 5952 form, 39
+# characters>, must fit one DNS label (63 octets): names have 12 at most.
+MAX_NAME = 12
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _DIGITS = re.compile(r"^[0-9]+$")
 
 
@@ -65,6 +68,8 @@ def to_label(name: str, digits: str, address: IPAddress | None = None) -> str:
     label = f"{name}-{digits}"
     if address is not None:
         label += "-" + _address_to_label(address)
+    if len(label) > 63:
+        raise ValueError(f"{label!r} is longer than one DNS label (63 characters)")
     return label
 
 
@@ -74,6 +79,7 @@ def to_pattern(key_id: int, digits: str) -> str:
 
 
 def _address_to_label(address: IPAddress) -> str:
+    """RFC 5952 text (lowercase, shortest, ``::`` for the first longest zero run) with ``-`` for ``:``."""
     if address.version == 4:
         return str(address).replace(".", "-")
     return address.compressed.replace(":", "-")

@@ -138,7 +138,7 @@ def test_extended_vectors(sh_name: str, vector_path: Path) -> None:
 
 keys = st.builds(
     ClientKey,
-    name=st.from_regex(r"[a-z][a-z0-9]{0,31}", fullmatch=True),
+    name=st.from_regex(r"[a-z][a-z0-9]{0,11}", fullmatch=True),
     key_id=st.integers(1, 0xFFFF),
     server=st.just("192.0.2.1"),
     obfuscation_key=st.binary(min_size=32, max_size=32),

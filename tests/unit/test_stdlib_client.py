@@ -469,7 +469,7 @@ def test_no_host_and_no_server_in_the_key(tmp_path: Path, server: str | None) ->
     (None, {"key_id": "0"}, "key_id: expected a whole number 1-65535"),
     (None, {"open": '"tcp/22,icmp/0"'}, "open: expected proto/port"),
     (None, {"default_open": '"udp/53"'}, "default_open: must be one of the ports in open"),
-    (None, {"name": '"Alice"'}, "name: expected 1-32 lowercase letters"),
+    (None, {"name": '"Alice"'}, "name: expected 1-12 lowercase letters"),
     (None, {"zone": '"unterminated'}, "unterminated string"),
     (None, {"zone": '"knock.example.com" trailing'}, "unexpected text after the value"),
 ])
