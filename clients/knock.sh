@@ -131,7 +131,9 @@ hex_base32() {
         }'
 }
 
-# An IPv4 or IPv6 address -> its packed bytes in hex; nothing if invalid.
+# An IPv4 or IPv6 address -> its packed bytes in hex; nothing if invalid, and
+# nothing for an IPv4-mapped one (::ffff:a.b.c.d): servers refuse those, an
+# IPv4 host is named by its IPv4 address.
 addr_hex() {
     printf '%s\n' "$1" | awk '
         function v4(s,    n, p, i, out) {
@@ -173,7 +175,7 @@ addr_hex() {
                 if (split(a, g, ":") != 8) exit
                 for (i = 1; i <= 8; i++) out = out group(g[i])
             }
-            if (!bad) print out
+            if (!bad && substr(out, 1, 24) != "00000000000000000000ffff") print out
         }'
 }
 
@@ -329,6 +331,7 @@ read_key() {
         *) die "$KEY: name: expected lowercase letters and digits, starting with a letter" ;;
     esac
     case $NAME in *[!a-z0-9]*) die "$KEY: name: expected lowercase letters and digits" ;; esac
+    [ "${#NAME}" -le 12 ] || die "$KEY: name: expected 1-12 lowercase letters and digits"
 
     KEY_ID=$(key_value key_id)
     if ! is_number "$KEY_ID" || ! at_most "$KEY_ID" 65535 || [ "$KEY_ID" = 0 ]; then

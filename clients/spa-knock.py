@@ -309,6 +309,8 @@ def encode_body(mode: int, requests: Sequence[Request], seconds: int = 0,
     """The datagram body: mode | [address] | seconds | n | n x (proto | port)."""
     if not 1 <= len(requests) <= 16:
         raise KnockError("a datagram asks for 1-16 ports")
+    if len(set(requests)) != len(requests):
+        raise KnockError("a datagram asks for each port at most once")
     if not 0 <= seconds <= 0xFFFF:
         raise KnockError("--seconds must be 0-65535")
     out = bytearray([mode])
@@ -543,8 +545,8 @@ def load_key(path: str) -> Key:
     if values.get("format") != KEY_FORMAT:
         raise fail("format", 'expected "{}" (is this an spa client key file?)'.format(KEY_FORMAT))
     name = string("name")
-    if not re.match(r"^[a-z][a-z0-9]{0,31}$", name):
-        raise fail("name", "expected 1-32 lowercase letters and digits, starting with a letter")
+    if not re.match(r"^[a-z][a-z0-9]{0,11}$", name):
+        raise fail("name", "expected 1-12 lowercase letters and digits, starting with a letter")
     key_id = values.get("key_id")
     if not isinstance(key_id, int) or isinstance(key_id, bool) or not 1 <= key_id <= 0xFFFF:
         raise fail("key_id", "expected a whole number 1-65535")
@@ -813,9 +815,13 @@ def _address(text: Optional[str]) -> Optional[Address]:
         raise KnockError("--ip auto is not supported by spa-knock.py (it would need an outside "
                          "lookup service): find your public address and pass it, e.g. --ip 203.0.113.7")
     try:
-        return ipaddress.ip_address(text.strip().strip("[]"))
+        address = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
         raise KnockError("--ip: {!r} is not an IPv4 or IPv6 address".format(text)) from None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        # The server refuses it: an IPv4 host is named by its IPv4 address.
+        raise KnockError("--ip: {} is an IPv4-mapped address: write {}".format(address, address.ipv4_mapped))
+    return address
 
 
 def _windows() -> bool:

@@ -181,7 +181,8 @@ def run_keygen(args: argparse.Namespace) -> int:
     config_module.check_ownership(config)  # a key added to a store spa serve would refuse is no key
     name: str = args.name
     if not keys.valid_name(name):
-        raise SpaError(f"{name!r}: key names are 1-32 lowercase letters and digits, starting with a letter")
+        raise SpaError(f"{name!r}: key names are 1-{otp.MAX_NAME} lowercase letters and digits, starting with a "
+                       "letter (name-code-address must fit one 63-character DNS label)")
     existing = keys.load_store(config.keys_dir, config.policy, config.firewall.protect)
     if any(record.name == name for record in existing):
         raise SpaError(f"a key named {name} exists already (spa revoke {name} first)")

@@ -15,6 +15,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
+from spa.core import addresses
 from spa.core.events import IPAddress
 from spa.errors import SpaError
 
@@ -68,6 +69,25 @@ def mapped_address(response: bytes, transaction: bytes) -> IPAddress | None:
     return plain
 
 
+def answer_from(asked: tuple, peer: tuple, data: bytes, transaction: bytes) -> IPAddress | None:
+    """The mapped address in ``data`` if it is a sane answer from the server asked.
+
+    Anyone can send us a UDP packet; an answer from another address or port
+    is ignored, like one with another transaction id. The address must be
+    one a grant could open: not unspecified, multicast or IPv4-mapped.
+    """
+    if _endpoint(peer) != _endpoint(asked):
+        return None
+    found = mapped_address(data, transaction)
+    if found is None or found.is_unspecified or found.is_multicast or addresses.is_mapped(found):
+        return None
+    return found
+
+
+def _endpoint(sockaddr: tuple) -> tuple[IPAddress, int]:
+    return addresses.from_socket(sockaddr[0]), sockaddr[1]
+
+
 def _address(family: int, packed: bytes) -> IPAddress | None:
     if family == 1 and len(packed) == 4:
         return ipaddress.IPv4Address(packed)
@@ -114,8 +134,8 @@ def public_address(servers: Sequence[str], timeout: float = 1.0, tries: int = 2)
                 try:
                     sock.sendto(request(transaction), address)
                     while True:
-                        data, _peer = sock.recvfrom(2048)
-                        found = mapped_address(data, transaction)
+                        data, peer = sock.recvfrom(2048)
+                        found = answer_from(address, peer, data, transaction)
                         if found is not None:
                             return found
                 except socket.timeout:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from spa.core import compact, datagram, encoding, kdf, sequence
+from spa.core import addresses, compact, datagram, encoding, kdf, sequence
 from spa.core.compact import Obfuscator
 from spa.core.events import IPAddress, Request
 from spa.core.keys import ClientKey
-from spa.errors import KeyFileError
+from spa.errors import KeyFileError, SpaError
 
 
 def _mac_key(key: ClientKey) -> bytes:
@@ -21,16 +21,26 @@ def _mac_key(key: ClientKey) -> bytes:
     return kdf.derive(key.secret, kdf.TOKEN_MAC)
 
 
+def _nameable(address: IPAddress | None) -> IPAddress | None:
+    """Refuse an address the server refuses: an IPv4 host must be named as IPv4."""
+    why = None if address is None else addresses.refusal(address)
+    if why:
+        raise SpaError(f"{why} (write {address.ipv4_mapped})")  # type: ignore[union-attr]
+    return address
+
+
 def compact_token(key: ClientKey, time: int, address: IPAddress | None, request: Request | None = None) -> bytes:
     """16 bytes for ``ping -p`` or a DNS label queried directly; opens ``address`` (None: unbound)."""
     index = key.request_index(request or key.default_request)
-    return compact.seal_compact(Obfuscator(key.obfuscation_key), _mac_key(key), key.key_id, time, index, address)
+    return compact.seal_compact(Obfuscator(key.obfuscation_key), _mac_key(key), key.key_id, time, index,
+                                _nameable(address))
 
 
 def extended_token(key: ClientKey, time: int, address: IPAddress, request: Request | None = None) -> bytes:
     """20 or 32 bytes naming ``address``: for DNS through resolvers, and NAT."""
     index = key.request_index(request or key.default_request)
-    return compact.seal_extended(Obfuscator(key.obfuscation_key), _mac_key(key), key.key_id, time, index, address)
+    return compact.seal_extended(Obfuscator(key.obfuscation_key), _mac_key(key), key.key_id, time, index,
+                                 _nameable(address))
 
 
 def spa_datagram(
@@ -43,9 +53,10 @@ def spa_datagram(
 ) -> bytes:
     """One UDP SPA datagram. ``address`` names what to open; else ``source`` (as the
     server will see it) binds it to the sender; with neither it is unbound."""
-    requests = requests or (key.default_request,)
+    requests = tuple(dict.fromkeys(requests)) or (key.default_request,)  # each port once (docs/protocol.md)
     for request in requests:
         key.request_index(request)  # refuse ports the key may not open, here and clearly
+    address, source = _nameable(address), _nameable(source)
     if address is not None:
         mode = datagram.Mode.IPV4 if address.version == 4 else datagram.Mode.IPV6
         body = datagram.Body(mode, requests, seconds, address)
@@ -58,7 +69,9 @@ def spa_datagram(
     if key.signing_key is not None:
         signer = Ed25519PrivateKey.from_private_bytes(key.signing_key)
         wire = kdf.derive(key.obfuscation_key, kdf.WIRE)
-        return datagram.seal(obfuscator, key.key_id, time, body, aead_key=wire, signing_key=signer, source=source)
+        server_id = kdf.derive(key.obfuscation_key, kdf.SERVER_ID)
+        return datagram.seal(obfuscator, key.key_id, time, body, aead_key=wire, signing_key=signer,
+                             server_id=server_id, source=source)
     assert key.secret is not None
     aead = kdf.derive(key.secret, kdf.DATAGRAM_AEAD)
     return datagram.seal(obfuscator, key.key_id, time, body, aead_key=aead, source=source)

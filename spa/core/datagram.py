@@ -5,13 +5,17 @@ Byte layout, specified in docs/protocol.md::
     h = version<<4|kind (1) | key id (2) | time (4) | random (9)
     H = AES-256(O, h)                                    16-byte header
     body = mode (1) | [address 4|16] | seconds (2) | n (1) | n x (proto (1) | port (2))
-           | [Ed25519 signature (64), kind 1 only]
+           | [Ed25519 signature (64), kind 1 only, over "spa1 datagram sig" | I | h | body | A]
     datagram = H | ChaCha20-Poly1305(K, nonce=H[0:12], aad="spa1 datagram" | H | A).seal(body)
 
 Kind 0 uses the person's key, ``K = derive(secret, "spa1 datagram aead")``.
 Kind 1 is signed with the person's Ed25519 key and sealed under the
 server-wide ``K = derive(O, "spa1 datagram wire")``: the server keeps only
-public keys, so a stolen server config lets nobody forge a knock.
+public keys, so a stolen server config lets nobody forge a knock. Its
+signature covers ``I = derive(O, "spa1 server id")``: one Ed25519 key
+registered on two servers cannot have its datagram for one re-wrapped for
+the other by someone who holds both servers' ``O`` (kind 0 is bound to
+``O`` already, through ``H`` in the AAD).
 
 ``A`` is the packet's source address when the mode is SOURCE, else empty: it
 binds the knock to where it came from without sending the address. The
@@ -31,12 +35,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .compact import MAX_KEY_ID, MAX_TIME, Obfuscator
-from .events import PROTOCOL_NAMES, IPAddress, Request
+from .events import PROTOCOL_NAMES, IPAddress, Reason, Request
 
 VERSION = 2
 HEADER = 16
 TAG = 16
 SIGNATURE = 64
+SERVER_ID = 32
 MAX_REQUESTS = 16
 AAD_CONTEXT = b"spa1 datagram"
 SIGN_CONTEXT = b"spa1 datagram sig"
@@ -81,6 +86,8 @@ class Body:
 def encode_body(body: Body) -> bytes:
     if not 1 <= len(body.requests) <= MAX_REQUESTS:
         raise ValueError(f"a datagram asks for 1-{MAX_REQUESTS} ports")
+    if len(set(body.requests)) != len(body.requests):
+        raise ValueError("a datagram asks for each port at most once")
     if not 0 <= body.seconds <= 0xFFFF:
         raise ValueError("seconds must fit 16 bits")
     out = bytearray([body.mode])
@@ -119,13 +126,16 @@ def decode_body(data: bytes) -> tuple[Body, int] | None:
     offset += 3
     if not 1 <= count <= MAX_REQUESTS or len(data) < offset + 3 * count:
         return None
-    requests = []
+    requests: list[Request] = []
     for _ in range(count):
         proto = PROTOCOL_NAMES.get(data[offset])
         port = int.from_bytes(data[offset + 1 : offset + 3], "big")
         if proto is None or port == 0:
             return None
-        requests.append(Request(proto, port))
+        request = Request(proto, port)
+        if request in requests:  # one meaning per body: each port at most once
+            return None
+        requests.append(request)
         offset += 3
     return Body(mode, tuple(requests), seconds, address), offset
 
@@ -142,15 +152,19 @@ def seal(
     *,
     aead_key: bytes,
     signing_key: Ed25519PrivateKey | None = None,
+    server_id: bytes | None = None,
     source: IPAddress | None = None,
     random: bytes | None = None,
 ) -> bytes:
     """Build a datagram.
 
     ``aead_key`` is the person's derived key (kind 0) or the server's wire
-    key (kind 1, when ``signing_key`` is given). ``source`` is the address
-    the server will see, required when ``body.mode`` is SOURCE.
+    key (kind 1, when ``signing_key`` is given, with the server's
+    ``server_id``). ``source`` is the address the server will see, required
+    when ``body.mode`` is SOURCE.
     """
+    if (signing_key is not None) != (server_id is not None):
+        raise ValueError("a signed datagram needs the server id, an unsigned one none")
     if not 1 <= key_id <= MAX_KEY_ID or not 0 <= time <= MAX_TIME:
         raise ValueError("key id or time out of range")
     if (body.mode == Mode.SOURCE) != (source is not None):
@@ -163,13 +177,17 @@ def seal(
     sealed_header = obfuscator.encrypt_block(plain_header)
     payload = encode_body(body)
     if signing_key is not None:
-        payload += signing_key.sign(_signed_message(plain_header, payload, source))
+        assert server_id is not None  # checked above
+        payload += signing_key.sign(signed_message(server_id, plain_header, payload, source))
     aad = _aad(sealed_header, source if body.mode == Mode.SOURCE else None)
     return sealed_header + ChaCha20Poly1305(aead_key).encrypt(sealed_header[:12], payload, aad)
 
 
-def _signed_message(plain_header: bytes, body: bytes, source: IPAddress | None) -> bytes:
-    return SIGN_CONTEXT + plain_header + body + (source.packed if source is not None else b"")
+def signed_message(server_id: bytes, plain_header: bytes, body: bytes, source: IPAddress | None) -> bytes:
+    """What a kind 1 signature covers: the server, the header, the body and ``B``."""
+    if len(server_id) != SERVER_ID:
+        raise ValueError(f"a server id is {SERVER_ID} bytes")
+    return SIGN_CONTEXT + server_id + plain_header + body + (source.packed if source is not None else b"")
 
 
 def open_header(obfuscator: Obfuscator, data: bytes) -> Header | None:
@@ -195,11 +213,15 @@ def open_body(
     aead: ChaCha20Poly1305,
     source: IPAddress,
     verify_key: Ed25519PublicKey | None = None,
-) -> Body | None:
-    """Authenticate and parse the body; None if anything fails.
+    server_id: bytes | None = None,
+) -> Body | Reason:
+    """Authenticate and parse the body; the Body, or why it is refused.
 
     The AEAD is tried bound to ``source`` first (mode SOURCE), then unbound,
-    because the mode is only known after decryption.
+    because the mode is only known after decryption. Refused as BAD_MAC:
+    no ``B`` opens it, the mode names another ``B`` than the one that opened
+    it, or the signature fails; as MALFORMED: the plaintext is not exactly
+    one body (and, for kind 1, one signature).
     """
     ciphertext = data[HEADER:]
     nonce = header.sealed[:12]
@@ -210,18 +232,20 @@ def open_body(
             continue
         parsed = decode_body(payload)
         if parsed is None:
-            return None
+            return Reason.MALFORMED
         body, used = parsed
         if (body.mode == Mode.SOURCE) != (bound is not None):
-            return None
+            return Reason.BAD_MAC
         if header.kind == Kind.SIGNED:
-            if verify_key is None or len(payload) != used + SIGNATURE:
-                return None
+            if len(payload) != used + SIGNATURE:
+                return Reason.MALFORMED
+            if verify_key is None or server_id is None:
+                return Reason.BAD_MAC
             try:
-                verify_key.verify(payload[used:], _signed_message(header.plain, payload[:used], bound))
+                verify_key.verify(payload[used:], signed_message(server_id, header.plain, payload[:used], bound))
             except InvalidSignature:
-                return None
+                return Reason.BAD_MAC
         elif len(payload) != used:
-            return None
+            return Reason.MALFORMED
         return body
-    return None
+    return Reason.BAD_MAC

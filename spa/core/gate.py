@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from . import compact, datagram, otp
+from . import addresses, compact, datagram, otp
 from .compact import AddressMode
 from .events import (
     Accepted,
@@ -139,8 +139,13 @@ class Gate:
     ) -> Decision:
         """Policy, per-key rate and the ledger: the common end of every form.
 
-        Called only for knocks that passed authentication.
+        Called only for knocks that passed authentication. A mapped address
+        never gets here from a decoder; refusing it again keeps the rule in
+        one place for every form (docs/protocol.md, "Addresses").
         """
+        mapped = addresses.refusal(address)
+        if mapped:
+            return self._reject(knock, Reason.MALFORMED, mapped, entry.name)
         policy = entry.record.policy
         refusal = policy.refusal(knock.carrier, address, requests, unbound)
         if refusal:
@@ -184,6 +189,9 @@ class Gate:
         if stale:
             return self._reject(knock, Reason.STALE, stale, entry.name)
         address = knock.source if extended is None else compact.unmask_address(self.keyring.obfuscator, extended)
+        mapped = addresses.refusal(address)
+        if mapped:
+            return self._reject(knock, Reason.MALFORMED, mapped, entry.name)
         seen = self._seen(knock, token, address, entry.name)
         if seen is not None:
             return seen
@@ -224,10 +232,15 @@ class Gate:
             return self._reject(knock, Reason.RATE_LIMITED, "too many attempts from this source", entry.name)
         aead = self.keyring.wire if signed else entry.aead
         assert aead is not None  # checked with the key above
-        body = datagram.open_body(header, payload, aead, knock.source, entry.verify_key if signed else None)
-        if body is None:
-            return self._reject(knock, Reason.BAD_MAC, "", entry.name)
+        body = datagram.open_body(header, payload, aead, knock.source, entry.verify_key if signed else None,
+                                  self.keyring.server_id if signed else None)
+        if isinstance(body, Reason):
+            detail = "not exactly one body" if body == Reason.MALFORMED else ""
+            return self._reject(knock, body, detail, entry.name)
         address = body.address if body.address is not None else knock.source
+        mapped = addresses.refusal(address)
+        if mapped:
+            return self._reject(knock, Reason.MALFORMED, mapped, entry.name)
         seen = self._seen(knock, header.sealed, address, entry.name)
         if seen is not None:
             return seen

@@ -13,6 +13,7 @@ TOKEN_MAC = b"spa1 token mac"
 DATAGRAM_AEAD = b"spa1 datagram aead"
 SEQUENCE = b"spa1 sequence"
 WIRE = b"spa1 datagram wire"  # from the server's obfuscation key: Ed25519 datagrams
+SERVER_ID = b"spa1 server id"  # from the server's obfuscation key: what signed datagrams are bound to
 
 
 def derive(secret: bytes, purpose: bytes) -> bytes:

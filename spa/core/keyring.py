@@ -61,6 +61,7 @@ class Keyring:
     ) -> None:
         self.obfuscator = Obfuscator(obfuscation_key)
         self.wire = ChaCha20Poly1305(kdf.derive(obfuscation_key, kdf.WIRE))
+        self.server_id = kdf.derive(obfuscation_key, kdf.SERVER_ID)  # what kind 1 signatures are bound to
         self.by_id: dict[int, KeyEntry] = {}
         self.by_name: dict[str, KeyEntry] = {}
         for record in records:

@@ -18,12 +18,16 @@ import re
 
 import pyotp
 
+from . import addresses
 from .events import IPAddress, OtpCode
 
 TOTP_DIGITS = (6, 8)
 EMERGENCY_DIGITS = 10
 MIN_SECRET_BITS = 112  # what the pinned pyotp (2.12) computes codes for
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,31}$")
+# The longest code label, name-<10 digits>-<IPv6 in RFC 5952 form, 39
+# characters>, must fit one DNS label (63 octets): names have 12 at most.
+MAX_NAME = 12
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _DIGITS = re.compile(r"^[0-9]+$")
 
 
@@ -83,6 +87,8 @@ def to_label(name: str, digits: str, address: IPAddress | None = None) -> str:
     label = f"{name}-{digits}"
     if address is not None:
         label += "-" + _address_to_label(address)
+    if len(label) > 63:
+        raise ValueError(f"{label!r} is longer than one DNS label (63 characters)")
     return label
 
 
@@ -92,6 +98,7 @@ def to_pattern(key_id: int, digits: str) -> str:
 
 
 def _address_to_label(address: IPAddress) -> str:
+    """RFC 5952 text (lowercase, shortest, ``::`` for the first longest zero run) with ``-`` for ``:``."""
     if address.version == 4:
         return str(address).replace(".", "-")
     return address.compressed.replace(":", "-")
@@ -105,8 +112,11 @@ def _address_from_label(text: str) -> IPAddress | None:
         address = ipaddress.IPv6Address(text.replace("-", ":"))
     except ValueError:
         return None
-    # A scope ("fe80::1%eth0") names an interface of the sender, not an address to open.
-    return None if address.scope_id is not None else address
+    # A scope ("fe80::1%eth0") names an interface of the sender, not an address
+    # to open; an IPv4-mapped address is an IPv4 host in disguise (addresses.py).
+    if address.scope_id is not None or addresses.is_mapped(address):
+        return None
+    return address
 
 
 def _is_code(digits: str) -> bool:

@@ -100,9 +100,7 @@ def read_policy(doc: Document, table: tuple[str, ...], base: Policy | None, igno
     if "carriers" in node:
         values["carriers"] = frozenset(_each(doc, where("carriers"), node["carriers"], Carrier))
     if "sources" in node:
-        values["sources"] = tuple(
-            _each(doc, where("sources"), node["sources"], lambda text: ipaddress.ip_network(text, strict=False))
-        )
+        values["sources"] = tuple(_each(doc, where("sources"), node["sources"], _source_network))
     for option in ("allow_unbound", "single_use"):
         if option in node:
             if not isinstance(node[option], bool):
@@ -114,6 +112,23 @@ def read_policy(doc: Document, table: tuple[str, ...], base: Policy | None, igno
         return Policy(**values)
     except ValueError as problem:
         doc.fail(table, str(problem))
+
+
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def _source_network(text: str) -> IPNetwork:
+    """One ``sources`` entry; IPv4-mapped networks are refused (they would never match).
+
+    No knock may name an IPv4-mapped address (spa.core.addresses), so such a
+    network is a mistake for its IPv4 form, which the message gives.
+    """
+    network = ipaddress.ip_network(text, strict=False)
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        first = network.network_address.ipv4_mapped
+        plain = ipaddress.ip_network(f"{first}/{network.prefixlen - 96}")
+        raise ValueError(f"{text} is an IPv4-mapped network: write {plain}")
+    return network
 
 
 def _each(doc: Document, option: tuple[str, ...], value: Any, convert: Callable[[str], T]) -> list[T]:

@@ -9,6 +9,7 @@ open what some key may open, which is what a knock could do anyway.
 
 from __future__ import annotations
 
+from spa.core import addresses
 from spa.core.events import Grant
 from spa.core.keyring import Keyring
 from spa.core.policy import Policy
@@ -30,6 +31,10 @@ def refusal(grant: Grant, keyring: Keyring, firewall: FirewallSettings) -> str |
     policy = policy_for(grant.key, keyring)
     if policy is None:
         return f"no key or sequence named {grant.key!r}"
+    mapped = addresses.refusal(grant.address)
+    if mapped:
+        # Policy would judge it as IPv6 and the firewall match it as IPv4.
+        return mapped
     if grant.request not in policy.open:
         return f"{grant.key} may not open {grant.request}"
     if grant.request not in firewall.protect:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from spa.core import addresses
 from spa.core.events import Grant, IPAddress, Request
 from spa.errors import SpaError
 
@@ -78,6 +79,10 @@ def check_grant(grant: Grant, protect: tuple[Request, ...]) -> None:
         raise FirewallError(f"refusing grant of {grant.seconds!r} seconds: must be 1-86400")
     if grant.address.is_unspecified or grant.address.is_multicast:
         raise FirewallError(f"refusing grant for {grant.address}: not a single host")
+    mapped = addresses.refusal(grant.address)
+    if mapped:
+        # Never converted here: the knock's policy was judged on this address.
+        raise FirewallError(f"refusing grant: {mapped}")
     if getattr(grant.address, "scope_id", None) is not None:
         # A scope ("fe80::1%eth0") is free text; backends write addresses into
         # nft and ipset commands, and no knock ever yields one.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from spa.core.events import Grant, IPAddress, Request
 
 from .base import FirewallError, LiveGrant, check_grant
-from .nft_render import normalise, who
+from .nft_render import host, who
 from .settings import FirewallSettings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def substitute(template: Sequence[str], values: dict[str, str]) -> list[str]:
 
 def placeholders(address: IPAddress, request: Request, seconds: int, key: str) -> dict[str, str]:
     return {
-        "%IP%": str(normalise(address)),
+        "%IP%": str(host(address)),
         "%PORT%": str(request.port),
         "%PROTO%": request.proto,
         "%SECONDS%": str(seconds),
@@ -88,7 +88,7 @@ class CommandBackend:
             raise FirewallError("the command backend cannot do single-use grants; use nftables")
         values = placeholders(grant.address, grant.request, grant.seconds, grant.key)
         self._runner(substitute(self.settings.start_command, values))
-        where = (normalise(grant.address), grant.request)
+        where = (host(grant.address), grant.request)
         # A renewal replaces the pending stop with one at the new deadline.
         timer = threading.Timer(grant.seconds, self._expire, args=(where, grant))
         timer.daemon = True
@@ -119,7 +119,7 @@ class CommandBackend:
 
     def revoke(self, address: IPAddress, request: Request) -> None:
         with self._lock:
-            entry = self._open.pop((normalise(address), request), None)
+            entry = self._open.pop((host(address), request), None)
         if entry:
             entry.timer.cancel()
             self._stop(entry.grant)
@@ -129,7 +129,7 @@ class CommandBackend:
         with self._lock:
             entries = list(self._open.values())
         grants = [
-            LiveGrant(normalise(e.grant.address), e.grant.request, max(0.0, e.until - now),
+            LiveGrant(host(e.grant.address), e.grant.request, max(0.0, e.until - now),
                       e.grant.key)
             for e in entries
         ]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from spa.core.events import Grant, IPAddress, Request
 
 from .base import LiveGrant, check_grant
-from .nft_render import normalise
+from .nft_render import host
 from .settings import FirewallSettings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class DryRunBackend:
     def grant(self, grant: Grant) -> None:
         check_grant(grant, self.settings.protect)
         single = self.settings.wants_single_use(grant.request, grant.single_use)
-        address = normalise(grant.address)
+        address = host(grant.address)
         self._open[(address, grant.request)] = (grant, self._clock() + grant.seconds)
         log.info(
             "dry run: would grant %s to %s for %ds (%s via %s%s)",
@@ -43,7 +43,7 @@ class DryRunBackend:
         )
 
     def revoke(self, address: IPAddress, request: Request) -> None:
-        self._open.pop((normalise(address), request), None)
+        self._open.pop((host(address), request), None)
         log.info("dry run: would revoke %s for %s", request, address)
 
     def live(self) -> list[LiveGrant]:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from spa.core.events import Grant, IPAddress, Request
 
 from .base import FirewallError, LiveGrant, check_grant
-from .nft_render import normalise, who
+from .nft_render import host, who
 from .settings import FirewallSettings
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class IptablesBackend:
         check_grant(grant, self.settings.protect)
         if self.settings.wants_single_use(grant.request, grant.single_use):
             raise FirewallError("the iptables backend cannot do single-use grants; use nftables")
-        address = normalise(grant.address)
+        address = host(grant.address)
         # -exist turns a re-add into a renewal: timeout and comment are replaced.
         self._run(
             [self.settings.ipset_binary, "add", self.sets[address.version],
@@ -154,7 +154,7 @@ class IptablesBackend:
         log.info("granted %s to %s for %ds (%s)", grant.request, address, grant.seconds, grant.key)
 
     def revoke(self, address: IPAddress, request: Request) -> None:
-        address = normalise(address)
+        address = host(address)
         self._run(
             [self.settings.ipset_binary, "del", self.sets[address.version],
              self._member(address, request), "-exist"],

@@ -22,9 +22,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from spa.core import addresses
 from spa.core.events import PROTOCOL_NAMES, PROTOCOLS, Grant, IPAddress, Request
 
-from .base import LiveGrant
+from .base import FirewallError, LiveGrant
 from .settings import FirewallSettings
 
 # Set names inside the grant table: (ip version, single use) -> name.
@@ -40,10 +41,16 @@ COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9_.@+:/=-]")
 COMMENT_MAX = 64
 
 
-def normalise(address: IPAddress) -> IPAddress:
-    """An IPv4-mapped IPv6 address is the IPv4 host: v4 packets carry ``ip saddr``."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+def host(address: IPAddress) -> IPAddress:
+    """``address`` as the firewall matches it; an IPv4-mapped one is refused.
+
+    Turning ``::ffff:a.b.c.d`` into a.b.c.d here would open an IPv4 host
+    whose grant was judged as an IPv6 address (spa.core.addresses). The gate
+    and the supervisor refuse such a grant first, so this is a last line.
+    """
+    mapped = addresses.refusal(address)
+    if mapped:
+        raise FirewallError(f"refusing {mapped}")
     return address
 
 
@@ -63,7 +70,7 @@ def set_for(address: IPAddress, single_use: bool) -> str:
 
 def element(address: IPAddress, request: Request) -> str:
     """``address . proto-number . port``: the key of one grant in a set."""
-    address = normalise(address)
+    address = host(address)
     # Numbers, not names, for the protocol: no services/protocols lookups and
     # nothing but digits and the address's own characters in the command.
     return f"{address} . {request.proto_number} . {request.port}"
@@ -179,7 +186,7 @@ def grant_commands(settings: FirewallSettings, grant: Grant, single_use: bool) -
     timeout and comment. Kernels before ~6.10 ignore a re-add's timeout, so
     this is how renewal works everywhere.
     """
-    address = normalise(grant.address)
+    address = host(grant.address)
     target = f"{settings.family} {settings.grant_table} {set_for(address, single_use)}"
     key = element(address, grant.request)
     full = f'{key} timeout {grant.seconds}s comment "{who(grant.key, grant.carrier.value)}"'
@@ -192,7 +199,7 @@ def grant_commands(settings: FirewallSettings, grant: Grant, single_use: bool) -
 
 def revoke_commands(settings: FirewallSettings, address: IPAddress, request: Request) -> str:
     """Remove a grant from both its sets; no error when it is already gone."""
-    address = normalise(address)
+    address = host(address)
     key = element(address, request)
     lines = []
     for single_use in (False, True):

@@ -98,7 +98,7 @@ class NftablesBackend:
                 self._writer = netlink.ElementWriter(fd)
             except (OSError, netlink.NetlinkError):
                 return False
-        address = nft_render.normalise(grant.address)
+        address = nft_render.host(grant.address)
         target = nft_render.set_for(address, single)
         key = netlink.element_key(address, grant.request)
         comment = nft_render.who(grant.key, grant.carrier.value)

@@ -14,6 +14,8 @@ What it keeps, and why it refuses the rest:
   never needs fragmenting, so a fragment is either unusual or an attempt to hide
   a header from a filter: IPv4 packets with a fragment offset or the
   more-fragments bit, and IPv6 packets with a fragment header, are dropped.
+* No IPv6 packet whose source is IPv4-mapped (``::ffff:a.b.c.d``): that is
+  an IPv4 host's address, and a grant for it would open the IPv4 host.
 * Lengths are taken from the IP header (IPv4 total length, IPv6 payload
   length), never from the buffer: Ethernet pads short frames to 60 bytes and
   the padding must not leak into a payload. A header that claims more than the
@@ -54,6 +56,7 @@ _IPV6_HEADER = 40
 _ICMP_HEADER = 8
 _UDP_HEADER = 8
 _TCP_MIN = 20
+_MAPPED_PREFIX = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped
 _FRAGMENTED = 0x3FFF  # IPv4 more-fragments bit | 13-bit fragment offset
 
 _v4_fixed = struct.Struct("!BxHxxHxBxx4s4s").unpack_from
@@ -123,6 +126,10 @@ def _parse_v6(datagram: bytes) -> Packet | None:
     _, length, protocol, source, destination = _v6_fixed(datagram)
     end = _IPV6_HEADER + length  # a jumbogram (length 0) is left with no room for anything
     if end > len(datagram):
+        return None
+    if source[:12] == _MAPPED_PREFIX:
+        # An IPv4 host in IPv6 syntax (spa.core.addresses): no real IPv6
+        # packet comes from one, and the firewall would read it as IPv4.
         return None
     offset = _IPV6_HEADER
     walked = 0

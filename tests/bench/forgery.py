@@ -171,7 +171,8 @@ def valid_tokens(world: World, fmt: str, rng: random.Random, count: int = 48) ->
             else:
                 signer = rng.randrange(SIGNED_KEYS)
                 payload = datagram.seal(obf, 101 + signer, t, body, aead_key=wire, source=bound,
-                                        signing_key=Ed25519PrivateKey.from_private_bytes(world.seeds[signer]))
+                                        signing_key=Ed25519PrivateKey.from_private_bytes(world.seeds[signer]),
+                                        server_id=kdf.derive(world.obfuscation_key, kdf.SERVER_ID))
             out.append(Valid(payload, source, Form.DATAGRAM))
         else:
             raise ValueError(f"no byte tokens for {fmt}")

@@ -106,7 +106,7 @@ def udp_seeds() -> dict[str, bytes]:
         "source": datagram.Body(datagram.Mode.SOURCE, (SSH,)),
         "unbound": datagram.Body(datagram.Mode.UNBOUND, (SSH, RDP), 120),
         "ipv4": datagram.Body(datagram.Mode.IPV4, (RDP,), 60, harness.CLIENT),
-        "ipv6": datagram.Body(datagram.Mode.IPV6, (SSH,) * 3, 0, harness.CLIENT6),
+        "ipv6": datagram.Body(datagram.Mode.IPV6, (SSH, RDP), 0, harness.CLIENT6),
     }
     seeds: dict[str, bytes] = {}
     for name, body in bodies.items():
@@ -114,7 +114,8 @@ def udp_seeds() -> dict[str, bytes]:
         seeds[f"datagram-{name}"] = b"\x00" + datagram.seal(obf, 7, harness.NOW, body, aead_key=aead, source=bound,
                                                             random=bytes(9))
         seeds[f"signed-{name}"] = b"\x00" + datagram.seal(obf, 8, harness.NOW, body, aead_key=wire, source=bound,
-                                                          signing_key=bob, random=bytes(9))
+                                                          signing_key=bob, server_id=kdf.derive(harness.OBFUSCATION_KEY, kdf.SERVER_ID),
+                                                          random=bytes(9))
         # Mode bytes 1 and 2 (0x81/0x82 with the source bound): the body alone, sealed by the harness.
         flag = 0x80 if bound else 0
         seeds[f"body-{name}"] = bytes([1 | flag]) + datagram.encode_body(body)

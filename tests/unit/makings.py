@@ -18,6 +18,7 @@ from spa.core.policy import Policy
 
 NOW = 1_760_000_000  # a fixed server clock, Unix seconds
 OBFUSCATION_KEY = bytes(range(32))
+SERVER_ID = kdf.derive(OBFUSCATION_KEY, kdf.SERVER_ID)  # what bob's signed datagrams are bound to
 ALICE_SECRET = bytes(range(32, 64))
 BOB_SEED = bytes(range(64, 96))
 TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"

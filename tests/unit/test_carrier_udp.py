@@ -45,6 +45,7 @@ def test_largest_datagram_signed_with_an_address_passes_the_size_check() -> None
         bench.obfuscator, 8, NOW, body,
         aead_key=kdf.derive(OBFUSCATION_KEY, kdf.WIRE),
         signing_key=Ed25519PrivateKey.from_private_bytes(BOB_SEED),
+        server_id=kdf.derive(OBFUSCATION_KEY, kdf.SERVER_ID),
     )
     assert len(payload) == datagram.MAX_SIZE == udp.MAX_SIZE
     knock = udp.knock(payload, OTHER, NOW)

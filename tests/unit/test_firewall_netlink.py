@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spa.core.events import Request
-from spa.firewall import netlink
+from spa.firewall import FirewallError, netlink
 
 
 def messages(data: bytes) -> list[tuple[int, int, int, int, bytes]]:
@@ -46,8 +46,8 @@ def test_element_keys_pad_each_field_to_a_register() -> None:
         [198, 51, 100, 7, 6, 0, 0, 0, 0, 22, 0, 0])
     v6 = netlink.element_key(ipaddress.ip_address("2001:db8::7"), Request("udp", 3389))
     assert len(v6) == 24 and v6[16:] == bytes([17, 0, 0, 0, 0x0D, 0x3D, 0, 0])
-    mapped = netlink.element_key(ipaddress.ip_address("::ffff:198.51.100.7"), ssh)
-    assert mapped == netlink.element_key(ipaddress.ip_address("198.51.100.7"), ssh)
+    with pytest.raises(FirewallError, match="IPv4-mapped"):  # refused, never converted
+        netlink.element_key(ipaddress.ip_address("::ffff:198.51.100.7"), ssh)
 
 
 def test_a_grant_is_add_delete_add_inside_one_batch() -> None:

@@ -12,7 +12,7 @@ from makings import CLIENT, CLIENT6, NOW, OBFUSCATION_KEY, SSH, RDP
 
 from spa.core import compact, datagram, encoding, otp, sequence
 from spa.core.compact import AddressMode, Obfuscator
-from spa.core.events import OtpCode
+from spa.core.events import OtpCode, Request
 
 OBF = Obfuscator(OBFUSCATION_KEY)
 MAC_KEY = bytes(32)
@@ -86,7 +86,8 @@ def test_tokens_look_random_no_fixed_bytes() -> None:
 bodies = st.builds(
     datagram.Body,
     mode=st.just(datagram.Mode.UNBOUND),
-    requests=st.lists(st.sampled_from([SSH, RDP]), min_size=1, max_size=16).map(tuple),
+    requests=st.lists(st.builds(Request, st.sampled_from(["tcp", "udp"]), st.integers(1, 65535)),
+                      min_size=1, max_size=16, unique=True).map(tuple),
     seconds=st.integers(0, 0xFFFF),
 )
 
@@ -105,7 +106,7 @@ def test_datagram_body_decoder_never_raises(data: bytes) -> None:
 def test_datagram_header_and_size() -> None:
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-    body = datagram.Body(datagram.Mode.IPV6, (SSH,) * 16, 60, CLIENT6)
+    body = datagram.Body(datagram.Mode.IPV6, tuple(Request("tcp", 22 + n) for n in range(16)), 60, CLIENT6)
     packet = datagram.seal(OBF, 3, NOW, body, aead_key=MAC_KEY, random=bytes(9))
     header = datagram.open_header(OBF, packet)
     assert header is not None and (header.kind, header.key_id, header.time) == (datagram.Kind.AEAD, 3, NOW)
@@ -120,6 +121,16 @@ def test_datagram_refuses_inconsistent_requests() -> None:
         datagram.encode_body(datagram.Body(datagram.Mode.IPV4, (SSH,), 0, CLIENT6))
     with pytest.raises(ValueError):
         datagram.encode_body(datagram.Body(datagram.Mode.UNBOUND, ()))
+    with pytest.raises(ValueError, match="at most once"):
+        datagram.encode_body(datagram.Body(datagram.Mode.UNBOUND, (SSH, SSH)))
+
+
+def test_a_body_asking_for_a_port_twice_does_not_decode() -> None:
+    """One meaning per body (docs/protocol.md): a repeated port is malformed, not merged."""
+    once = datagram.encode_body(datagram.Body(datagram.Mode.UNBOUND, (SSH, RDP)))
+    twice = once[:3] + bytes([2]) + once[4:7] * 2
+    assert datagram.decode_body(once) is not None
+    assert datagram.decode_body(twice) is None
 
 
 # -- one-time codes ---------------------------------------------------------

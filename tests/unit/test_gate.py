@@ -24,6 +24,7 @@ from spa.core.policy import Policy
 from spa.core.sequence import StaticSequence
 
 from makings import (
+    SERVER_ID,
     BOB_SEED,
     CLIENT,
     CLIENT6,
@@ -186,7 +187,8 @@ def _datagrams(bench: Bench) -> list[tuple[bytes, object]]:
         bound = CLIENT if mode == datagram.Mode.SOURCE else None
         body = datagram.Body(mode, (SSH,), 60, address)
         made.append((bench.datagram(body, source=bound), CLIENT))
-        made.append((datagram.seal(bench.obfuscator, 8, NOW, body, aead_key=wire, signing_key=bob, source=bound),
+        made.append((datagram.seal(bench.obfuscator, 8, NOW, body, aead_key=wire, signing_key=bob,
+                                   server_id=SERVER_ID, source=bound),
                      CLIENT))
     return made
 
@@ -351,9 +353,9 @@ def test_ed25519_datagram_needs_the_private_key(bench: Bench) -> None:
     body = datagram.Body(datagram.Mode.SOURCE, (SSH,))
     wire = kdf.derive(bytes(range(32)), kdf.WIRE)
     good = datagram.seal(bench.obfuscator, 8, NOW, body, aead_key=wire,
-                         signing_key=Ed25519PrivateKey.from_private_bytes(BOB_SEED), source=CLIENT)
+                         signing_key=Ed25519PrivateKey.from_private_bytes(BOB_SEED), server_id=SERVER_ID, source=CLIENT)
     forged = datagram.seal(bench.obfuscator, 8, NOW, body, aead_key=wire,
-                           signing_key=Ed25519PrivateKey.generate(), source=CLIENT)
+                           signing_key=Ed25519PrivateKey.generate(), server_id=SERVER_ID, source=CLIENT)
     assert reason(bench.decide(Form.DATAGRAM, forged, carrier=Carrier.UDP)) == Reason.BAD_MAC
     decision = bench.decide(Form.DATAGRAM, good, carrier=Carrier.UDP)
     assert isinstance(decision, Accepted) and decision.key == "bob"

@@ -279,6 +279,8 @@ def test_filter_agrees_with_parse_and_matches(wanted: Wanted, packet: Crafted) -
     assert parsed == packet.expected
     if packet.extension_headers:
         assert not verdict, "the filter only reads the IPv6 fixed header"
+    elif packet.data[0] >> 4 == 6 and packet.data[8:20] == bytes(10) + b"\xff\xff":
+        assert parsed is None  # an IPv4-mapped source: the filter may pass it, parse drops it
     else:
         assert verdict == (parsed is not None and wanted.matches(parsed)), packet.description
 
