@@ -7,7 +7,6 @@ moves bytes between the inherited sockets and the Worker.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import selectors
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 
 from spa.carriers import dns, icmp, udp
 from spa.carriers.sequence import Tracker
+from spa.core import addresses
 from spa.core.config import Config
 from spa.core.events import Accepted, Decision, Duplicate, IPAddress, Knock, Reason, Rejection, Request
 from spa.core.gate import Gate
@@ -182,14 +182,6 @@ class Worker:
         return dict(merged)
 
 
-def _address(text: str) -> IPAddress:
-    """A socket's peer address as the gate wants it (no scope, no v4-mapping)."""
-    address = ipaddress.ip_address(text.split("%", 1)[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 @dataclass
 class _Flags:
     stop: bool = False
@@ -330,7 +322,7 @@ class Loop:
             self._heard(query.label, peer)
 
     def _heard(self, label: str, peer: socket._RetAddress) -> None:
-        self.worker.label(label, _address(peer[0]), time.time())
+        self.worker.label(label, addresses.from_socket(peer[0]), time.time())
 
 
 def pipe_emitter(fd: int) -> Callable[[messages.Message], None]:
