@@ -23,7 +23,7 @@ import tomllib
 
 from spa.core import otp
 from world import need_netns
-from world.daemon import ZONE
+from world.daemon import ZONE, alive
 from world.knocking import SERVER, Knocking, prepare
 from world.netns import wait_until
 
@@ -41,12 +41,6 @@ def knocking(request: pytest.FixtureRequest) -> Knocking:
     return k
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def reload_refused(k: Knocking) -> str:

@@ -30,7 +30,7 @@ from spa.client import tokens
 from spa.daemon.dns_tcp import TCP_CLIENTS
 from world import need_netns
 from world import junk as junk_module
-from world.daemon import ZONE
+from world.daemon import ZONE, alive
 from world.junk import Addresses, catalogue
 from world.knocking import SERVER, Knocking, prepare
 from world.netns import wait_until
@@ -84,13 +84,6 @@ def wait_line(process: subprocess.Popen[str], prefix: str, timeout: float = 30) 
     return ""
 
 
-def alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from spa.demo.internet import (
 )
 from spa.demo.netns import NETNS_ETC, run, wait_until
 from world import need_netns
+from world.daemon import alive
 
 pytestmark = pytest.mark.netns
 
@@ -58,12 +59,6 @@ def leftovers(tag: str) -> list[str]:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"  # a zombie is dead, waiting for its (new) parent to reap it
 
 
 def test_builds_runs_and_closes_leaving_nothing() -> None:

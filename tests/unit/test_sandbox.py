@@ -32,6 +32,7 @@ from spa.intake import bpf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from world.need import need  # noqa: E402
+from world.worker_attacks import in_child, outcome  # noqa: E402
 
 HEADERS = {0: Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"), 1: Path("/usr/include/asm-generic/unistd.h")}
 ARCH = sandbox.architecture(os.uname().machine, struct.calcsize("P"))
@@ -124,30 +125,6 @@ def _sandboxed(attempts: Callable[[socket.socket, socket.socket, Path], dict[str
     return result
 
 
-def _outcome(attempt: Callable[[], object]) -> str:
-    try:
-        attempt()
-    except OSError as problem:
-        return errno.errorcode.get(problem.errno or 0, str(problem.errno))
-    return "ok"
-
-
-def _forked(attempt: Callable[[], object]) -> str:
-    """``attempt`` in a child of the sandboxed child (it may exec or move)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            attempt()
-        except OSError as problem:
-            code = problem.errno or 255
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return "ok" if code == 0 else errno.errorcode.get(code, str(code))
-
-
 def _clone_new_user() -> None:
     assert ARCH is not None
     child = _libc.syscall(ctypes.c_long(ARCH.number("clone") or 0), ctypes.c_long(CLONE_NEWUSER | signal.SIGCHLD),
@@ -165,38 +142,38 @@ def _refused(capture: socket.socket, other: socket.socket, directory: Path) -> d
     pipe_r, pipe_w = os.pipe()
     os.write(pipe_w, b"x")
     return {
-        "write": _outcome(lambda: os.write(fd, b"x")),
-        "writev": _outcome(lambda: os.writev(fd, [b"x"])),
-        "pwritev": _outcome(lambda: os.pwritev(fd, [b"x"], -1)),
-        "pwritev2": _outcome(lambda: os.pwritev(fd, [b"x"], -1, os.RWF_APPEND)),
-        "send": _outcome(lambda: capture.send(b"x")),
-        "sendmsg elsewhere": _outcome(lambda: other.sendmsg([b"x"])),
-        "sendfile": _outcome(lambda: os.sendfile(fd, os.open(source, os.O_RDONLY), 0, 1)),
-        "splice": _outcome(lambda: os.splice(pipe_r, fd, 1)),
-        "ioctl": _outcome(lambda: fcntl.ioctl(fd, FIONBIO, struct.pack("i", 1))),
-        "interface ioctl elsewhere": _outcome(lambda: fcntl.ioctl(other.fileno(), SIOCGIFFLAGS,
+        "write": outcome(lambda: os.write(fd, b"x")),
+        "writev": outcome(lambda: os.writev(fd, [b"x"])),
+        "pwritev": outcome(lambda: os.pwritev(fd, [b"x"], -1)),
+        "pwritev2": outcome(lambda: os.pwritev(fd, [b"x"], -1, os.RWF_APPEND)),
+        "send": outcome(lambda: capture.send(b"x")),
+        "sendmsg elsewhere": outcome(lambda: other.sendmsg([b"x"])),
+        "sendfile": outcome(lambda: os.sendfile(fd, os.open(source, os.O_RDONLY), 0, 1)),
+        "splice": outcome(lambda: os.splice(pipe_r, fd, 1)),
+        "ioctl": outcome(lambda: fcntl.ioctl(fd, FIONBIO, struct.pack("i", 1))),
+        "interface ioctl elsewhere": outcome(lambda: fcntl.ioctl(other.fileno(), SIOCGIFFLAGS,
                                                                    struct.pack("16sH14x", b"lo", 0))),
-        "dup": _outcome(lambda: os.dup(fd)),
-        "dup2": _outcome(lambda: os.dup2(fd, 200)),
-        "dup3": _outcome(lambda: os.dup2(fd, 201, inheritable=False)),
-        "F_DUPFD": _outcome(lambda: fcntl.fcntl(fd, fcntl.F_DUPFD, 0)),
-        "F_DUPFD_CLOEXEC": _outcome(lambda: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)),
-        "socket": _outcome(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),
-        "socketpair": _outcome(lambda: socket.socketpair()),
-        "bind": _outcome(lambda: other.bind("\0spa-sandbox-test")),
-        "connect": _outcome(lambda: other.connect("\0spa-sandbox-test")),
-        "setsockopt elsewhere": _outcome(lambda: other.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)),
-        "execve": _forked(lambda: os.execv("/bin/true", ["true"])),
-        "unshare": _forked(lambda: _call(_libc.unshare(CLONE_NEWUSER))),
-        "clone into a namespace": _outcome(_clone_new_user),
-        "ptrace": _forked(lambda: _syscall("ptrace", PTRACE_TRACEME, 0, 0, 0)),
-        "bpf": _outcome(lambda: _syscall("bpf", 0, 0, 0)),
-        "perf_event_open": _outcome(lambda: _syscall("perf_event_open", 0, 0, -1, -1, 0)),
-        "io_uring_setup": _outcome(lambda: _syscall("io_uring_setup", 1, 0)),
-        "io_setup": _outcome(lambda: _syscall("io_setup", 1, 0)),
-        "pidfd_getfd": _outcome(lambda: _syscall("pidfd_getfd", 0, fd, 0)),
-        "mount": _outcome(lambda: _syscall("mount", 0, 0, 0, 0, 0)),
-        "keyctl": _outcome(lambda: _syscall("keyctl", 0, 0, 0, 0, 0)),
+        "dup": outcome(lambda: os.dup(fd)),
+        "dup2": outcome(lambda: os.dup2(fd, 200)),
+        "dup3": outcome(lambda: os.dup2(fd, 201, inheritable=False)),
+        "F_DUPFD": outcome(lambda: fcntl.fcntl(fd, fcntl.F_DUPFD, 0)),
+        "F_DUPFD_CLOEXEC": outcome(lambda: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)),
+        "socket": outcome(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),
+        "socketpair": outcome(lambda: socket.socketpair()),
+        "bind": outcome(lambda: other.bind("\0spa-sandbox-test")),
+        "connect": outcome(lambda: other.connect("\0spa-sandbox-test")),
+        "setsockopt elsewhere": outcome(lambda: other.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)),
+        "execve": in_child(lambda: os.execv("/bin/true", ["true"])),
+        "unshare": in_child(lambda: _call(_libc.unshare(CLONE_NEWUSER))),
+        "clone into a namespace": outcome(_clone_new_user),
+        "ptrace": in_child(lambda: _syscall("ptrace", PTRACE_TRACEME, 0, 0, 0)),
+        "bpf": outcome(lambda: _syscall("bpf", 0, 0, 0)),
+        "perf_event_open": outcome(lambda: _syscall("perf_event_open", 0, 0, -1, -1, 0)),
+        "io_uring_setup": outcome(lambda: _syscall("io_uring_setup", 1, 0)),
+        "io_setup": outcome(lambda: _syscall("io_setup", 1, 0)),
+        "pidfd_getfd": outcome(lambda: _syscall("pidfd_getfd", 0, fd, 0)),
+        "mount": outcome(lambda: _syscall("mount", 0, 0, 0, 0, 0)),
+        "keyctl": outcome(lambda: _syscall("keyctl", 0, 0, 0, 0, 0)),
     }
 
 
@@ -207,7 +184,7 @@ def test_the_sandbox_refuses_each_way_out_with_eperm() -> None:
 
 def test_x32_calls_are_refused() -> None:
     need(ARCH is sandbox.X86_64, "x32 is an x86_64 matter")
-    got = _sandboxed(lambda *_: {"x32 getpid": _outcome(lambda: _call(_libc.syscall(0x40000000 | 39)))})
+    got = _sandboxed(lambda *_: {"x32 getpid": outcome(lambda: _call(_libc.syscall(0x40000000 | 39)))})
     assert got == {"x32 getpid": "EPERM"}
 
 
@@ -236,18 +213,18 @@ def _allowed(capture: socket.socket, other: socket.socket, directory: Path) -> d
             raise OSError(errno.ETIMEDOUT, "")
 
     return {
-        "read the capture": _outcome(lambda: capture.recv(64)),
-        "getsockopt on the capture": _outcome(lambda: capture.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)),
-        "F_GETFL on the capture": _outcome(lambda: fcntl.fcntl(fd, fcntl.F_GETFL)),
-        "send on another socket": _outcome(lambda: other.send(b"reply")),
-        "dup another descriptor": _outcome(lambda: os.close(os.dup(other.fileno()))),
-        "ioctl elsewhere": _outcome(lambda: fcntl.ioctl(other.fileno(), FIONBIO, struct.pack("i", 1))),
-        "write stderr": _outcome(lambda: os.write(2, b"")),
-        "isatty": _outcome(lambda: os.isatty(0)),
-        "close-on-exec": _outcome(lambda: os.set_inheritable(other.fileno(), False)),
-        "files in the state directory": _outcome(files),
-        "fork": _forked(lambda: None),
-        "thread": _outcome(thread_runs),
+        "read the capture": outcome(lambda: capture.recv(64)),
+        "getsockopt on the capture": outcome(lambda: capture.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)),
+        "F_GETFL on the capture": outcome(lambda: fcntl.fcntl(fd, fcntl.F_GETFL)),
+        "send on another socket": outcome(lambda: other.send(b"reply")),
+        "dup another descriptor": outcome(lambda: os.close(os.dup(other.fileno()))),
+        "ioctl elsewhere": outcome(lambda: fcntl.ioctl(other.fileno(), FIONBIO, struct.pack("i", 1))),
+        "write stderr": outcome(lambda: os.write(2, b"")),
+        "isatty": outcome(lambda: os.isatty(0)),
+        "close-on-exec": outcome(lambda: os.set_inheritable(other.fileno(), False)),
+        "files in the state directory": outcome(files),
+        "fork": in_child(lambda: None),
+        "thread": outcome(thread_runs),
     }
 
 

@@ -9,6 +9,7 @@ test itself may well pass, and only this check makes the suite notice it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from spa.daemon.contain import COUNTER
 from spa.demo.served import Served, configure
@@ -49,3 +50,12 @@ def remove(served: Served) -> None:
                                  + "\n".join(evidence) + "\n--- log ---\n" + served.log())
     finally:
         served.remove()
+
+
+def alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie waiting for its (new) parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"

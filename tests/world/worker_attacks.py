@@ -47,7 +47,8 @@ IO_URING_SETUP = 425  # the same number on x86_64 and the generic table
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _outcome(attempt: Callable[[], object]) -> str:
+def outcome(attempt: Callable[[], object]) -> str:
+    """'ok' if ``attempt`` went through, else the name of the errno it got."""
     try:
         attempt()
     except OSError as problem:
@@ -61,7 +62,7 @@ def _libc_call(result: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def _in_child(attempt: Callable[[], object]) -> str:
+def in_child(attempt: Callable[[], object]) -> str:
     """Run ``attempt`` in a forked child (it may replace or move the process):
     the child exits with the errno it got, 0 if it went through."""
     pid = os.fork()
@@ -112,29 +113,29 @@ def attempts(listeners: Listeners, interface: str, index: int) -> dict[str, str]
         os.execv("/bin/true", ["true"])
 
     found: dict[str, str] = {
-        "detach filter": _outcome(lambda: capture.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)),
-        "replace filter": _outcome(lambda: bpf.attach(capture, accept_all)),
-        "capture outgoing": _outcome(lambda: capture.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 0)),
-        "promiscuous": _outcome(lambda: capture.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, membership)),
-        "rebind": _outcome(lambda: capture.bind(("lo", ETH_P_ALL))),
-        "forge sendto": _outcome(lambda: capture.sendto(frame, to)),
-        "forge sendmsg": _outcome(lambda: capture.sendmsg([frame], [], 0, to)),
-        "forge write": _outcome(lambda: os.write(fd, frame)),
-        "forge through dup": _outcome(dup_and_send),
-        "new packet socket": _outcome(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()),
-        "new netlink socket": _outcome(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()),
-        "new udp socket": _outcome(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()),
-        "execve": _in_child(exec_true),
-        "unshare": _in_child(lambda: _libc_call(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET))),
-        "io_uring": _outcome(lambda: _libc_call(_libc.syscall(IO_URING_SETUP, 1, ctypes.create_string_buffer(120)))),
-        "x32 syscall": _outcome(lambda: _libc_call(_libc.syscall(X32_GETPID))),
+        "detach filter": outcome(lambda: capture.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)),
+        "replace filter": outcome(lambda: bpf.attach(capture, accept_all)),
+        "capture outgoing": outcome(lambda: capture.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 0)),
+        "promiscuous": outcome(lambda: capture.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, membership)),
+        "rebind": outcome(lambda: capture.bind(("lo", ETH_P_ALL))),
+        "forge sendto": outcome(lambda: capture.sendto(frame, to)),
+        "forge sendmsg": outcome(lambda: capture.sendmsg([frame], [], 0, to)),
+        "forge write": outcome(lambda: os.write(fd, frame)),
+        "forge through dup": outcome(dup_and_send),
+        "new packet socket": outcome(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()),
+        "new netlink socket": outcome(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()),
+        "new udp socket": outcome(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()),
+        "execve": in_child(exec_true),
+        "unshare": in_child(lambda: _libc_call(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET))),
+        "io_uring": outcome(lambda: _libc_call(_libc.syscall(IO_URING_SETUP, 1, ctypes.create_string_buffer(120)))),
+        "x32 syscall": outcome(lambda: _libc_call(_libc.syscall(X32_GETPID))),
         # What the worker must still do: read its capture, count its drops, answer DNS.
-        "may read capture": _outcome(lambda: capture.recv(2048)),
-        "may read statistics": _outcome(lambda: capture.getsockopt(SOL_PACKET, 6, 8)),
+        "may read capture": outcome(lambda: capture.recv(2048)),
+        "may read statistics": outcome(lambda: capture.getsockopt(SOL_PACKET, 6, 8)),
     }
     if dns is not None:
-        found["dns socket option"] = _outcome(lambda: dns.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1))
-        found["may answer dns"] = _outcome(lambda: dns.sendto(b"\0" * 12, ("127.0.0.1", 9)))
+        found["dns socket option"] = outcome(lambda: dns.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1))
+        found["may answer dns"] = outcome(lambda: dns.sendto(b"\0" * 12, ("127.0.0.1", 9)))
     return found
 
 
