@@ -36,13 +36,15 @@ max_seconds = 300              # most a UDP knock may ask for
 carriers = ["icmp", "dns", "udp", "sequence"]
 sources = ["0.0.0.0/0", "::/0"]  # addresses a grant may open
 allow_unbound = false          # tokens not bound to an address (risky behind shared NAT)
+allow_codes = false            # one-time codes; spa keygen --totp/--emergency sets it for that key
 single_use = false             # true: a grant lets exactly one new connection through
 
 [limits]
 source_rate = 5.0              # verifications per second per source address
 key_rate = 0.5                 # grants per second per key (burst: key_burst)
 otp_failures_per_source = 5    # wrong one-time codes before a source is locked out
-otp_failures_per_key = 20      # ... and before a key's codes are locked out
+otp_failures_per_key = 20      # a key's budget of wrong codes, from all sources together ...
+otp_failures_per_key_per_day = 10  # ... and how much it grows back each day (kept across restarts)
 lockout_seconds = 300
 
 [otp]
@@ -205,10 +207,11 @@ def run_keygen(args: argparse.Namespace) -> int:
     seed = public = None
     if args.ed25519:
         seed, public = keys.new_signing_key()
+    codes = bool(args.totp or args.emergency)
     record = KeyRecord(
         name=name,
         key_id=key_id,
-        policy=dataclasses.replace(config.policy, open=open_),
+        policy=dataclasses.replace(config.policy, open=open_, allow_codes=codes),
         secret=secret,
         public_key=public,
         totp_secret=otp.new_secret() if args.totp else None,
@@ -232,7 +235,11 @@ def run_keygen(args: argparse.Namespace) -> int:
     out: Path = args.out or Path(f"{name}.spakey")
     if out.exists():
         raise SpaError(f"{out} exists already; not overwriting it (use --out)")
-    keys.write_private(config.keys_dir / f"{name}{keys.KEY_SUFFIX}", record.render(_pinned_open(open_)))
+    overrides = _pinned_open(open_)
+    if codes:
+        # Enrolled for codes, so it admits them; no other key does (docs/threat-model.md, "Code races").
+        overrides["allow_codes"] = True
+    keys.write_private(config.keys_dir / f"{name}{keys.KEY_SUFFIX}", record.render(overrides))
     keys.write_private(out, client.render())
     print(f"key {name} (id {key_id}) added to {config.keys_dir}; client key file: {out}")
     print("the running server picks it up on reload (SIGHUP)")

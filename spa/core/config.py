@@ -109,7 +109,7 @@ STATIC_OPTIONS = ("ports", "timeout")
 _ZONE = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 LIMIT_OPTIONS = (
     "source_rate", "source_burst", "key_rate", "key_burst", "otp_failures_per_source",
-    "otp_failures_per_key", "failure_period", "lockout_seconds", "tracked_sources",
+    "otp_failures_per_key", "otp_failures_per_key_per_day", "failure_period", "lockout_seconds", "tracked_sources",
 )
 OTP_OPTIONS = ("totp_steps", "sequence_length", "sequence_ports", "sequence_step")
 
@@ -206,6 +206,7 @@ def load(path: Path) -> Config:
         key_burst=limits.number("key_burst", 10, 1, 1e6),
         otp_failures_per_source=limits.number("otp_failures_per_source", 5, 1, 1000),
         otp_failures_per_key=limits.number("otp_failures_per_key", 20, 1, 10000),
+        otp_failures_per_key_per_day=limits.number("otp_failures_per_key_per_day", 10.0, 0.01, 10000, float),
         failure_period=limits.number("failure_period", 600, 1, 86400),
         lockout_seconds=limits.number("lockout_seconds", 300, 1, 86400),
         tracked_sources=limits.number("tracked_sources", 65536, 16, 10_000_000),

@@ -167,6 +167,7 @@ class Rejection:
     carrier: Carrier
     detail: str = ""
     key: str | None = None
+    alarm: bool = False  # worth a warning, not an info line: a sign of guessing or of a stolen code
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,10 @@ from .events import (
     SequenceHit,
     StaticHit,
 )
+from .guesses import CodeLimits, Guesses
 from .keyring import KeyEntry, Keyring
 from .ledger import FOREVER, Entry, Ledger
-from .limits import Buckets, Lockout
+from .limits import Buckets
 from .sequence import SequenceRule, ports
 
 
@@ -53,8 +54,9 @@ class GateSettings:
     source_burst: int = 20
     key_rate: float = 0.5  # grants per second per key
     key_burst: int = 10
-    otp_failures_per_source: int = 5
-    otp_failures_per_key: int = 20
+    otp_failures_per_source: int = 5  # then the source is locked out (failure_period, lockout_seconds)
+    otp_failures_per_key: int = 20  # the key's wrong-code budget at once ...
+    otp_failures_per_key_per_day: float = 10.0  # ... and how much it grows back each day
     failure_period: int = 600
     lockout_seconds: int = 300
     tracked_sources: int = 65536
@@ -65,20 +67,33 @@ class GateSettings:
         if not 0 <= self.repeat_window <= self.time_window:
             raise ValueError("repeat_window must be 0..time_window seconds")
 
+    @property
+    def codes(self) -> CodeLimits:
+        """The limits on wrong one-time codes (spa.core.guesses)."""
+        return CodeLimits(
+            self.otp_failures_per_key, self.otp_failures_per_key_per_day, self.otp_failures_per_source,
+            self.failure_period, self.lockout_seconds, self.tracked_sources,
+        )
+
 
 class Gate:
-    """Decides knocks against a keyring, a ledger and bounded rate state."""
+    """Decides knocks against a keyring, a ledger, the wrong-code state and bounded rate state.
 
-    def __init__(self, keyring: Keyring, ledger: Ledger, settings: GateSettings | None = None) -> None:
+    The ledger and the wrong-code state (``guesses``) are what a restart must
+    not forget; the daemon passes persistent ones. The rate buckets refill
+    within seconds and live in memory (docs/gate.md, "What a restart keeps").
+    """
+
+    def __init__(self, keyring: Keyring, ledger: Ledger, settings: GateSettings | None = None,
+                 guesses: Guesses | None = None) -> None:
         self.keyring = keyring
         self.ledger = ledger
         self.settings = settings or GateSettings()
         s = self.settings
+        self.guesses = guesses if guesses is not None else Guesses(s.codes)
         self.counts: Counter[str] = Counter()
         self._source_rate = Buckets(s.source_rate, s.source_burst, s.tracked_sources)
         self._key_rate = Buckets(s.key_rate, s.key_burst, s.tracked_sources)
-        self._source_failures = Lockout(s.otp_failures_per_source, s.failure_period, s.lockout_seconds, s.tracked_sources)
-        self._key_failures = Lockout(s.otp_failures_per_key, s.failure_period, s.lockout_seconds, s.tracked_sources)
         self._handlers = {
             Form.COMPACT: self._compact,
             Form.EXTENDED: self._extended,
@@ -102,8 +117,9 @@ class Gate:
 
     # -- helpers ---------------------------------------------------------
 
-    def _reject(self, knock: Knock, reason: Reason, detail: str = "", key: str | None = None) -> Rejection:
-        return Rejection(reason, knock.source, knock.carrier, detail, key)
+    def _reject(self, knock: Knock, reason: Reason, detail: str = "", key: str | None = None,
+                alarm: bool = False) -> Rejection:
+        return Rejection(reason, knock.source, knock.carrier, detail, key, alarm)
 
     def _stale(self, knock: Knock, token_time: int) -> str | None:
         """Why ``token_time`` is unacceptable now, or None if it is fine."""
@@ -124,6 +140,14 @@ class Gate:
             return None
         if entry.address == address and knock.received - entry.accepted <= self.settings.repeat_window:
             return Duplicate(knock.source, knock.carrier, key)
+        if knock.form == Form.OTP and entry.address != address:
+            # A code names no address under a MAC: whoever saw it in flight can
+            # send it first for their own (docs/threat-model.md, "Code races").
+            return self._reject(
+                knock, Reason.REPLAY,
+                f"code first used for {entry.address}; if that was not its owner, the code was seen in flight",
+                key, alarm=True,
+            )
         return self._reject(knock, Reason.REPLAY, f"first accepted for {entry.address}", key)
 
     def _finish(
@@ -136,6 +160,7 @@ class Gate:
         requests: tuple[Request, ...],
         seconds: int = 0,
         unbound: bool = False,
+        code: bool = False,
     ) -> Decision:
         """Policy, per-key rate and the ledger: the common end of every form.
 
@@ -147,7 +172,7 @@ class Gate:
         if mapped:
             return self._reject(knock, Reason.MALFORMED, mapped, entry.name)
         policy = entry.record.policy
-        refusal = policy.refusal(knock.carrier, address, requests, unbound)
+        refusal = policy.refusal(knock.carrier, address, requests, unbound, code)
         if refusal:
             return self._reject(knock, Reason.POLICY, refusal, entry.name)
         if not self._key_rate.take(entry.record.key_id, knock.received):
@@ -259,25 +284,41 @@ class Gate:
         if entry is None:
             return self._reject(knock, Reason.UNKNOWN_KEY, f"key {code.who}")
         record = entry.record
+        if not record.policy.allow_codes:  # before the budget: strangers cannot spend what is not used
+            return self._reject(knock, Reason.POLICY, "one-time codes not allowed for this key (allow_codes)",
+                                entry.name)
         now = knock.received
-        source_key = ("otp", knock.source)
-        if self._key_failures.locked(record.key_id, now) or self._source_failures.locked(source_key, now):
-            return self._reject(knock, Reason.LOCKED_OUT, "one-time codes refused for now", entry.name)
+        source = knock.source.packed
+        refused = self.guesses.refusal(record.key_id, source, now)
+        if refused:
+            return self._reject(knock, Reason.LOCKED_OUT, refused, entry.name)
         found = self._match_code(entry, code.digits, now)
         if found is None:
-            detail = "code does not match"
-            if self._key_failures.fail(record.key_id, now):
-                detail += f"; key locked out for {self._key_failures.remaining(record.key_id, now):.0f} s"
-            if self._source_failures.fail(source_key, now):
-                detail += f"; source locked out for {self._source_failures.remaining(source_key, now):.0f} s"
-            return self._reject(knock, Reason.BAD_CODE, detail, entry.name)
+            return self._wrong_code(knock, entry, source, now)
         token_id, token_time = found
-        self._source_failures.succeed(source_key)
+        self.guesses.right(source)
         address = code.address if code.address is not None else knock.source
         seen = self._seen(knock, token_id, address, entry.name)
         if seen is not None:
             return seen
-        return self._finish(knock, entry, token_id, token_time, address, (record.policy.open[0],))
+        return self._finish(knock, entry, token_id, token_time, address, (record.policy.open[0],), code=True)
+
+    def _wrong_code(self, knock: Knock, entry: KeyEntry, source: bytes, now: float) -> Rejection:
+        """Count a wrong code against its key's budget and its source; alarm at the first and the last."""
+        try:
+            strike = self.guesses.wrong(entry.record.key_id, source, now)
+        except OSError as problem:  # counted in memory all the same
+            return self._reject(knock, Reason.BAD_CODE, f"code does not match; not recorded: {problem}",
+                                entry.name, alarm=True)
+        limit = self.guesses.limits
+        detail = f"code does not match; {strike.left} of {limit.key_burst} wrong codes left for this key"
+        if strike.spent:
+            detail += "; its codes are refused now (possible guessing: key-file knocks still work)"
+        elif strike.first:
+            detail += " (a typo, or the first sign of guessing)"
+        if strike.source_locked:
+            detail += f"; source locked out for {strike.source_locked:.0f} s"
+        return self._reject(knock, Reason.BAD_CODE, detail, entry.name, alarm=strike.first or strike.spent)
 
     def _match_code(self, entry: KeyEntry, digits: str, now: float) -> tuple[bytes, int] | None:
         """The ledger id and time of the code ``digits`` matches, or None."""

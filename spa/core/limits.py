@@ -50,7 +50,9 @@ LOCKOUT_CEILING = 86400.0  # seconds: the longest a repeated lockout grows to
 
 
 @dataclass
-class _Strikes:
+class Strikes:
+    """One key's failures: kept by :class:`Lockout`, and by its callers' files."""
+
     since: float
     count: int
     locked_until: float
@@ -75,7 +77,7 @@ class Lockout:
         self.period = period
         self.lockout = lockout
         self.capacity = capacity
-        self._strikes: dict[Hashable, _Strikes] = {}
+        self._strikes: dict[Hashable, Strikes] = {}
 
     def __len__(self) -> int:
         return len(self._strikes)
@@ -96,10 +98,10 @@ class Lockout:
         # threshold, still inside the period) would never lock again, and
         # guessing would be unlimited until the period ran out.
         if strikes is None:
-            strikes = _Strikes(since=now, count=0, locked_until=0.0)
+            strikes = Strikes(since=now, count=0, locked_until=0.0)
         elif now >= strikes.locked_until and (strikes.locked_until > 0.0 or now - strikes.since > self.period):
             level = strikes.level if now < strikes.forgiven_at else 0
-            strikes = _Strikes(since=now, count=0, locked_until=0.0, level=level, forgiven_at=strikes.forgiven_at)
+            strikes = Strikes(since=now, count=0, locked_until=0.0, level=level, forgiven_at=strikes.forgiven_at)
         strikes.count += 1
         started = strikes.count == self.threshold
         if started:
@@ -116,6 +118,29 @@ class Lockout:
         """Seconds until ``key``'s lockout ends (0 when not locked)."""
         strikes = self._strikes.get(key)
         return max(0.0, strikes.locked_until - now) if strikes is not None else 0.0
+
+    def get(self, key: Hashable) -> Strikes | None:
+        return self._strikes.get(key)
+
+    def put(self, key: Hashable, strikes: Strikes) -> None:
+        """Restore ``key``'s strikes (read back from a file)."""
+        self._strikes.pop(key, None)
+        self._strikes[key] = strikes
+        if len(self._strikes) > self.capacity:
+            del self._strikes[next(iter(self._strikes))]
+
+    def items(self) -> list[tuple[Hashable, Strikes]]:
+        return list(self._strikes.items())
+
+    def forget(self, now: float) -> int:
+        """Drop every key whose strikes no longer change what :meth:`fail` does; how many."""
+        spent = [
+            key for key, s in self._strikes.items()
+            if now >= s.locked_until and now >= s.forgiven_at and (s.locked_until > 0.0 or now - s.since > self.period)
+        ]
+        for key in spent:
+            del self._strikes[key]
+        return len(spent)
 
     def succeed(self, key: Hashable) -> None:
         """A success clears the key's count and growth (but not a lockout in force)."""

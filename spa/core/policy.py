@@ -26,6 +26,9 @@ class Policy:
     the client key file lists the same ports in the same order.
     ``sources`` limits the address a grant opens (not the packet's source:
     a DNS knock arrives from a resolver).
+    ``allow_codes`` admits one-time codes (TOTP, emergency): a code binds no
+    address, so anyone who sees one in flight can use it first for their own
+    (docs/threat-model.md, "Code races"); only keys enrolled for codes set it.
     """
 
     open: tuple[Request, ...]
@@ -35,6 +38,7 @@ class Policy:
     sources: tuple[IPNetwork, ...] = EVERYWHERE
     allow_unbound: bool = False
     single_use: bool = False
+    allow_codes: bool = False
 
     def __post_init__(self) -> None:
         if not self.open:
@@ -52,12 +56,20 @@ class Policy:
         """The grant length: the asked value capped by max_seconds (0: default)."""
         return self.seconds if asked == 0 else min(asked, self.max_seconds)
 
-    def refusal(self, carrier: Carrier, address: IPAddress, requests: tuple[Request, ...], unbound: bool) -> str | None:
-        """Why this knock may not be granted, or None if it may."""
+    def refusal(self, carrier: Carrier, address: IPAddress, requests: tuple[Request, ...], unbound: bool,
+                code: bool = False) -> str | None:
+        """Why this knock may not be granted, or None if it may.
+
+        ``unbound``: a token whose MAC covers no address; ``code``: a one-time
+        code, which cannot bind one (its address is the packet's source or a
+        claim in the label, either of which anyone on the path can change).
+        """
         if carrier not in self.carriers:
             return f"carrier {carrier.value} not allowed"
         if unbound and not self.allow_unbound:
             return "unbound tokens not allowed"
+        if code and not self.allow_codes:
+            return "one-time codes not allowed for this key (allow_codes)"
         if not self._everywhere and not any(
             address in network for network in self.sources if network.version == address.version
         ):
@@ -68,7 +80,7 @@ class Policy:
         return None
 
 
-POLICY_OPTIONS = ("open", "seconds", "max_seconds", "carriers", "sources", "allow_unbound", "single_use")
+POLICY_OPTIONS = ("open", "seconds", "max_seconds", "carriers", "sources", "allow_unbound", "single_use", "allow_codes")
 
 
 def read_policy(doc: Document, table: tuple[str, ...], base: Policy | None, ignore: tuple[str, ...] = ()) -> Policy:
@@ -101,7 +113,7 @@ def read_policy(doc: Document, table: tuple[str, ...], base: Policy | None, igno
         values["carriers"] = frozenset(_each(doc, where("carriers"), node["carriers"], Carrier))
     if "sources" in node:
         values["sources"] = tuple(_each(doc, where("sources"), node["sources"], _source_network))
-    for option in ("allow_unbound", "single_use"):
+    for option in ("allow_unbound", "single_use", "allow_codes"):
         if option in node:
             if not isinstance(node[option], bool):
                 doc.fail(where(option), "expected true or false")

@@ -27,6 +27,7 @@ from typing import TypeVar
 from spa.core import config as config_module
 from spa.core.config import Config
 from spa.core.keyring import Keyring
+from spa.core.guesses import FileGuesses
 from spa.core.ledger import FileLedger
 from spa.errors import SpaError
 from spa.firewall import Backend, FirewallError, open_backend
@@ -42,6 +43,7 @@ log = logging.getLogger("spa")
 T = TypeVar("T")
 
 LEDGER = "ledger"  # in the worker's part of the state directory
+GUESSES = "guesses"  # wrong one-time codes (spa.core.guesses), beside the ledger
 STOP_WAIT = 5.0  # seconds a worker gets to finish before SIGKILL
 CRASHES_ALLOWED = 5  # worker crashes within CRASH_PERIOD before the supervisor gives up
 CRASH_PERIOD = 60.0
@@ -145,13 +147,11 @@ class Supervisor:
 
     def _start(self) -> None:
         config = self.config
-        # Read the ledger once here to refuse a damaged one before anything
-        # listens: as the worker's user, since the file is that user's.
-        ledger = config.state_dir / statedir.WORKER / LEDGER
+        # Read the worker's files once here to refuse a damaged one before
+        # anything listens: as the worker's user, since the files are that user's.
         try:
             self.state = statedir.prepare(config.state_dir, self.account)
-            statedir.as_worker(config.state_dir, self.account,
-                               lambda directory: FileLedger(ledger, ledger_retention(config), directory).close())
+            statedir.as_worker(config.state_dir, self.account, lambda directory: _check_state(config, directory))
         except OSError as problem:
             raise SpaError(f"{config.state_dir}: cannot keep replay state there: {problem.strerror or problem}") from None
         self.backend = open_backend(config.firewall)
@@ -474,6 +474,13 @@ def _why(problem: Exception) -> str:
     return str(problem) if isinstance(problem, SpaError) else f"{type(problem).__name__}: {problem}"
 
 
+def _check_state(config: Config, directory: int) -> None:
+    """Read the ledger and the wrong-code file: damage in either refuses to start."""
+    where = config.state_dir / statedir.WORKER
+    FileLedger(where / LEDGER, ledger_retention(config), directory).close()
+    FileGuesses(where / GUESSES, config.gate.codes, directory, time.time()).close()
+
+
 def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, pipe: int,
                  account: privdrop.Account | None, supervisor: int) -> int:
     """In the forked child: shed everything privileged, then serve."""
@@ -502,14 +509,16 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
         state = statedir.enter(state)  # as the worker's user now: its own directory, for anything it keeps
         ledger = FileLedger(config.state_dir / statedir.WORKER / LEDGER, ledger_retention(config),
                             directory=state, sync_each=False)
+        guesses = FileGuesses(config.state_dir / statedir.WORKER / GUESSES, config.gate.codes, state, time.time())
     except OSError as problem:
         user = account.name if account else "this user"
         raise SpaError(f"{config.state_dir}: replay state not writable by {user}: {problem.strerror or problem}") from None
-    worker = Worker(config, keyring, ledger, pipe_emitter(pipe))
+    worker = Worker(config, keyring, ledger, pipe_emitter(pipe), guesses)
     try:
         return serve(worker, listeners, pipe)
     finally:
         ledger.close()
+        guesses.close()
 
 
 def _close_other_fds(keep: set[int]) -> None:

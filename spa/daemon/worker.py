@@ -23,6 +23,7 @@ from spa.core import addresses
 from spa.core.config import Config
 from spa.core.events import Accepted, Decision, Duplicate, IPAddress, Knock, Reason, Rejection, Request
 from spa.core.gate import Gate
+from spa.core.guesses import Guesses
 from spa.core.keyring import Keyring
 from spa.core.ledger import Ledger
 from spa.intake import packet as packets
@@ -43,9 +44,10 @@ STATS_EVERY = 5.0  # seconds between counter reports to the supervisor
 class Worker:
     """Turns captured packets and DNS queries into decisions and grants."""
 
-    def __init__(self, config: Config, keyring: Keyring, ledger: Ledger, emit: Callable[[messages.Message], None]) -> None:
+    def __init__(self, config: Config, keyring: Keyring, ledger: Ledger, emit: Callable[[messages.Message], None],
+                 guesses: Guesses | None = None) -> None:
         self.config = config
-        self.gate = Gate(keyring, ledger, config.gate)
+        self.gate = Gate(keyring, ledger, config.gate, guesses)
         self.emit = emit
         self.counts: Counter[str] = Counter({COUNTER: 0})  # shown even at zero: it is watched
         self.unexpected = Unexpected(self.counts, "worker")
@@ -125,7 +127,7 @@ class Worker:
         rejection = report.most_telling(rejections)
         line = report.describe(rejection)
         if line:
-            log.info(line)
+            log.log(logging.WARNING if rejection.alarm else logging.INFO, line)
         return rejection
 
     def _release(self, decision: Accepted, received: float) -> Decision:

@@ -110,7 +110,7 @@ class World:
 @functools.lru_cache(maxsize=2)
 def build_world(seed: int) -> World:
     rng = random.Random(seed)
-    policy = Policy(open=(SSH, RDP), allow_unbound=True)
+    policy = Policy(open=(SSH, RDP), allow_unbound=True, allow_codes=True)
     secrets = tuple(rng.randbytes(32) for _ in range(SYMMETRIC_KEYS))
     seeds = tuple(rng.randbytes(32) for _ in range(SIGNED_KEYS))
     records = [

@@ -71,7 +71,7 @@ def _config() -> tuple[config_module.Config, str]:
 
 
 CONFIG, CONFIG_TEXT = _config()
-_POLICY = dataclasses.replace(CONFIG.policy, allow_unbound=True)
+_POLICY = dataclasses.replace(CONFIG.policy, allow_unbound=True, allow_codes=True)
 KEYRING = Keyring(
     OBFUSCATION_KEY,
     [

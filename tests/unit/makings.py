@@ -34,7 +34,7 @@ def alice_record(**policy: object) -> KeyRecord:
     return KeyRecord(
         name="alice",
         key_id=7,
-        policy=Policy(open=(SSH, RDP), **policy),  # type: ignore[arg-type]
+        policy=Policy(open=(SSH, RDP), **{"allow_codes": True, **policy}),  # type: ignore[arg-type]
         secret=ALICE_SECRET,
         totp_secret=TOTP_SECRET,
         emergency_secret=EMERGENCY_SECRET,

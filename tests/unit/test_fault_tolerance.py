@@ -19,6 +19,7 @@ from makings import CLIENT, NOW
 
 from spa.cli import main
 from spa.core.events import Request
+from spa.core.journal import Journal
 from spa.core.ledger import Entry, FileLedger
 from spa.daemon.integrity import ClockWatch, keep_guard
 from spa.firewall import FirewallError, FirewallSettings
@@ -245,7 +246,7 @@ def test_torn_tail_is_cut_in_place_without_free_space(tmp_path: Path, monkeypatc
     def no_space(*_args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(FileLedger, "_rewrite", no_space)
+    monkeypatch.setattr(Journal, "rewrite", no_space)
     ledger = FileLedger(path, retention=660)
     assert path.read_text() == good and ledger.get(b"ok") is not None
 
@@ -278,8 +279,8 @@ class FullDisk:
 def test_a_record_that_could_not_be_written_is_refused_yet_remembered(tmp_path: Path) -> None:
     path = tmp_path / "ledger"
     ledger = FileLedger(path, retention=660)
-    disk = FullDisk(ledger._file)
-    ledger._file = disk  # type: ignore[assignment]
+    disk = FullDisk(ledger.journal._file)
+    ledger.journal._file = disk  # type: ignore[assignment]
     with pytest.raises(OSError, match="No space"):
         ledger.record(b"refused", Entry(CLIENT, NOW, NOW), NOW)
     # The gate turns that OSError into a refusal; the token stays known, so
@@ -294,7 +295,7 @@ def test_a_record_that_could_not_be_written_is_refused_yet_remembered(tmp_path: 
 
 def test_closing_with_unwritable_lines_does_not_raise(tmp_path: Path) -> None:
     ledger = FileLedger(tmp_path / "ledger", retention=660)
-    ledger._file = FullDisk(ledger._file)  # type: ignore[assignment]
+    ledger.journal._file = FullDisk(ledger.journal._file)  # type: ignore[assignment]
     with pytest.raises(OSError):
         ledger.record(b"refused", Entry(CLIENT, NOW, NOW), NOW)
     ledger.close()  # a worker stopping on a full disk exits cleanly

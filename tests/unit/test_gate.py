@@ -390,20 +390,23 @@ def test_totp_code_outside_its_steps_is_wrong(bench: Bench) -> None:
     assert reason(bench.decide(Form.OTP, OtpCode("alice", _code(NOW - 90)))) == Reason.BAD_CODE
 
 
-def test_wrong_codes_lock_out_the_source_then_the_key() -> None:
+def test_wrong_codes_lock_out_the_source_then_spend_the_key_budget() -> None:
     bench = make_bench(GateSettings(otp_failures_per_source=3, otp_failures_per_key=5))
     wrong = OtpCode("alice", "000000" if _code() != "000000" else "111111")
     for _ in range(3):
         assert reason(bench.decide(Form.OTP, wrong)) == Reason.BAD_CODE
     assert reason(bench.decide(Form.OTP, OtpCode("alice", _code()))) == Reason.LOCKED_OUT
-    # Another source still may, until the key itself is locked out.
+    # Another source still may, until the key's budget (5) is spent.
     for n in range(2):
         decision = bench.decide(Form.OTP, wrong, source=ipaddress.ip_address(f"192.0.2.{n + 1}"))
         assert reason(decision) == Reason.BAD_CODE
-    assert "key locked out" in decision.detail  # type: ignore[union-attr]
+    assert "0 of 5 wrong codes left" in decision.detail and decision.alarm  # type: ignore[union-attr]
     assert reason(bench.decide(Form.OTP, OtpCode("alice", _code()), source=OTHER)) == Reason.LOCKED_OUT
-    # Lockouts end.
+    # The source lockout ends, the key's budget does not grow back in 5 minutes ...
     later = NOW + 301
+    assert reason(bench.decide(Form.OTP, OtpCode("alice", _code(later)), at=later)) == Reason.LOCKED_OUT
+    # ... but by one code every 86400 / 10 s.
+    later = NOW + 8641
     assert isinstance(bench.decide(Form.OTP, OtpCode("alice", _code(later)), at=later), Accepted)
 
 
@@ -417,7 +420,8 @@ def test_emergency_codes_work_once_each(bench: Bench) -> None:
 
 
 def test_codes_for_a_key_without_totp(bench: Bench) -> None:
-    assert reason(bench.decide(Form.OTP, OtpCode("bob", "123456"))) == Reason.BAD_CODE
+    # bob was not enrolled for codes: refused by name, before any budget is spent
+    assert reason(bench.decide(Form.OTP, OtpCode("bob", "123456"))) == Reason.POLICY
     assert reason(bench.decide(Form.OTP, OtpCode("carol", "123456"))) == Reason.UNKNOWN_KEY
 
 

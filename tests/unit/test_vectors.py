@@ -153,7 +153,8 @@ def vector_gate() -> Any:
     public = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(KEYS["signing_seed"])).public_key()
     record = KeyRecord(
         name=KEYS["name"], key_id=KEYS["key_id"], secret=S, public_key=public.public_bytes_raw(),
-        policy=Policy(open=tuple(Request.parse(text) for text in KEYS["open"]), allow_unbound=True),
+        policy=Policy(open=tuple(Request.parse(text) for text in KEYS["open"]), allow_unbound=True,
+                      allow_codes=True),
         totp_secret=KEYS["totp_secret"], emergency_secret=KEYS["emergency_secret"],
         emergency_count=KEYS["emergency_count"],
     )
