@@ -1,7 +1,7 @@
 """Forgery: random, mutated and insider-forged tokens of every format through the real gate.
 
 Usage: python tests/bench/forgery.py [--count 200000] [--seconds 120] [--workers N]
-                                     [--formats compact,...] [--otp-hours 1] [--seed N] [--json] [--out FILE]
+                                     [--formats compact,...] [--seed N] [--json] [--out FILE]
 
 The full run (10 million per format) and its figures: docs/benchmarks.md, "Forgery".
 
@@ -28,10 +28,8 @@ token's own time, and the rate limits are set out of reach, so each one is
 refused for what it is (the reasons are counted; RATE_LIMITED must be 0).
 
 One-time codes (6 or 8 digits, 1 in 10**6 or 10**8 per guess) cannot show
-"none accepted"; for them the bench simulates a guesser with the default
-limits and counts how many codes the gate actually checks: at most
-``otp_failures_per_source`` per source and ``otp_failures_per_key`` per key
-per ``lockout_seconds``.
+"none accepted"; what holds them is the wrong-code budget, which
+tests/bench/guessing.py plays every guessing strategy against.
 """
 
 from __future__ import annotations
@@ -62,12 +60,11 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa
 from spa.carriers import dns, icmp, udp  # noqa: E402
 from spa.carriers.sequence import Tracker  # noqa: E402
 from spa.core import compact, datagram, encoding, kdf, otp  # noqa: E402
-from spa.core.events import Carrier, Form, IPAddress, Knock, OtpCode, Rejection, Request  # noqa: E402
+from spa.core.events import Carrier, Form, IPAddress, Knock, Rejection, Request  # noqa: E402
 from spa.core.gate import Gate, GateSettings  # noqa: E402
 from spa.core.keyring import Keyring  # noqa: E402
 from spa.core.keys import KeyRecord  # noqa: E402
 from spa.core.ledger import Ledger  # noqa: E402
-from spa.core.limits import Lockout  # noqa: E402
 from spa.core.policy import Policy  # noqa: E402
 from spa.core.sequence import SequenceRule, StaticSequence  # noqa: E402
 
@@ -507,50 +504,11 @@ def run_share(fmt: str, count: int, seconds: float, seed: int, world_seed: int) 
     return tally
 
 
-# -- one-time codes: the lockout caps the guesses ----------------------------------------
-
-
-def otp_lockout(hours: float, guesses_per_second: float = 20.0, seed: int = 1) -> dict[str, Any]:
-    """Guess random 6-digit codes for one key with the default limits; count what gets checked.
-
-    Two guessers over ``hours`` of simulated time: one from a single source,
-    one spoofing a new source for every guess (so only the per-key lockout
-    holds it). "checked" counts codes the gate compared (BAD_CODE or a
-    lucky Accepted); the rest are refused as LOCKED_OUT without a look.
-    """
-    world = build_world(seed)
-    settings = GateSettings()  # the defaults spa ships with
-    rng = random.Random(seed)
-    results: dict[str, Any] = {
-        "hours": hours, "guesses_per_second": guesses_per_second,
-        "otp_failures_per_source": settings.otp_failures_per_source,
-        "otp_failures_per_key": settings.otp_failures_per_key,
-        "failure_period": settings.failure_period, "lockout_seconds": settings.lockout_seconds,
-    }
-    guesses = int(hours * 3600 * guesses_per_second)
-    for name, spoofing in (("one_source", False), ("spoofed_sources", True)):
-        gate = Gate(world.keyring(), Ledger(660), settings)
-        outcomes: Counter[str] = Counter()
-        for n in range(guesses):
-            source = ipaddress.IPv4Address(0x0C000000 + n % (1 << 24)) if spoofing else CLIENT4
-            code = OtpCode("k1", f"{rng.randrange(10**6):06d}")
-            outcomes[_outcome(gate.decide(Knock(Carrier.DNS, Form.OTP, code, source,
-                                                 NOW + n / guesses_per_second)))] += 1
-        checked = outcomes["BAD_CODE"] + outcomes["Accepted"] + outcomes["Duplicate"]
-        results[name] = {"guesses": guesses, "checked": checked, "outcomes": dict(outcomes)}
-    # Per key: otp_failures_per_key checks per lockout, each lockout twice the last (limits.Lockout).
-    key_lockout = Lockout(settings.otp_failures_per_key, settings.failure_period, settings.lockout_seconds, 1)
-    results["key_cap_checked_per_day"] = key_lockout.checks_per_day()
-    # A guess is right for any of the 2 * totp_steps + 1 steps the gate accepts.
-    results["success_chance_per_day"] = results["key_cap_checked_per_day"] * (2 * settings.totp_steps + 1) / 10**6
-    return results
-
-
 # -- driver ---------------------------------------------------------------------------------
 
 
 def measure(count: int, seconds: float, workers: int, formats: tuple[str, ...] = FORMATS,
-            otp_hours: float = 1.0, seed: int | None = None) -> dict[str, Any]:
+            seed: int | None = None) -> dict[str, Any]:
     """Run every format across ``workers`` processes; figures and counts per format.
 
     ``count`` random + mutated tokens per format (insider forgeries on top),
@@ -582,7 +540,6 @@ def measure(count: int, seconds: float, workers: int, formats: tuple[str, ...] =
                 **merged.as_dict(), "total": tried, "random_and_mutated": merged.guesses, "accepted": accepted,
                 "wall_seconds": round(wall, 2), "per_s": round(tried / wall),
             }
-    results["otp_lockout"] = otp_lockout(otp_hours, seed=world_seed)
     return results
 
 
@@ -593,9 +550,6 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         flat[f"{fmt}_tokens"] = figures["total"]
         flat[f"{fmt}_accepted"] = figures["accepted"]
         flat[f"{fmt}_per_s"] = figures["per_s"]
-    lockout = results["otp_lockout"]
-    flat["otp_one_source_checked"] = lockout["one_source"]["checked"]
-    flat["otp_spoofed_sources_checked"] = lockout["spoofed_sources"]["checked"]
     return flat
 
 
@@ -605,7 +559,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="time limit per format")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--formats", default=",".join(FORMATS))
-    parser.add_argument("--otp-hours", type=float, default=1.0, help="simulated hours of code guessing")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path, help="also write the full results as JSON here")
@@ -614,7 +567,7 @@ def main() -> None:
     unknown = set(formats) - set(FORMATS)
     if unknown:
         parser.error(f"unknown formats {sorted(unknown)}; known: {', '.join(FORMATS)}")
-    results = measure(args.count, args.seconds, args.workers, formats, args.otp_hours, args.seed)
+    results = measure(args.count, args.seconds, args.workers, formats, args.seed)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     if args.json:

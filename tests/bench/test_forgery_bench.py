@@ -1,4 +1,6 @@
-"""Bounded forgery run in CI: no forged token of any format is accepted; the OTP lockout holds.
+"""Bounded forgery run in CI: no forged token of any format is accepted.
+
+Code guessing has its own bench: test_guessing_bench.py.
 
 The full run (10 million random and mutated tokens per format) takes
 several minutes on 2 cores, more than CI's budget; its command and figures
@@ -24,7 +26,7 @@ BYTE_FORMATS = ("compact", "extended4", "extended6", "datagram-aead", "datagram-
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    return forgery.measure(COUNT, seconds=60, workers=min(2, os.cpu_count() or 1), otp_hours=1.0)
+    return forgery.measure(COUNT, seconds=60, workers=min(2, os.cpu_count() or 1))
 
 
 @pytest.mark.bench
@@ -45,15 +47,3 @@ def test_insider_forgeries_reach_the_authenticator(results: dict) -> None:
     for fmt in (*BYTE_FORMATS, "dns-label", "icmp-ping"):
         figures = results["formats"][fmt]
         assert figures["outcomes"].get("BAD_MAC", 0) >= figures["tried"]["forged"] > 0, (fmt, figures)
-
-
-@pytest.mark.bench
-def test_lockout_caps_one_time_code_guesses(results: dict) -> None:
-    lockout = results["otp_lockout"]
-    cycles = int(lockout["hours"] * 3600 // lockout["lockout_seconds"]) + 1
-    one, spoofed = lockout["one_source"], lockout["spoofed_sources"]
-    assert 0 < one["checked"] <= lockout["otp_failures_per_source"] * cycles, one
-    assert 0 < spoofed["checked"] <= lockout["otp_failures_per_key"] * cycles, spoofed
-    # Nearly every guess is refused unseen.
-    assert one["outcomes"]["LOCKED_OUT"] > 0.99 * one["guesses"]
-    assert spoofed["outcomes"]["LOCKED_OUT"] > 0.99 * spoofed["guesses"]

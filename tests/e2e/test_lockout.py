@@ -1,15 +1,21 @@
-"""Guessing one-time codes at a running ``spa serve``: the source, then the key, is locked out.
+"""Guessing one-time codes at a running ``spa serve``: the source is locked out, the key's budget spent.
 
-Small thresholds (3 wrong codes per source, 5 per key) keep it short; the
-gate's rule itself is tests/unit/test_gate.py::test_wrong_codes_lock_out_the_source_then_the_key.
+Small thresholds (3 wrong codes per source, a budget of 5 per key) keep it
+short; the gate's rule itself is
+tests/unit/test_gate.py::test_wrong_codes_lock_out_the_source_then_spend_the_key_budget.
 Here the codes travel as a real resolver would send them (dig, a DNS label)
 and as ``ping -p`` patterns, and the proof is in the log and the firewall.
+A spent budget outlives the worker, a reload and spa itself (it is kept in
+the worker's state directory): before, each of those forgave the guesser.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import time
+from pathlib import Path
 
 import pyotp
 import pytest
@@ -56,11 +62,12 @@ def dig(k: Knocking, label: str) -> None:
     assert "status: NOERROR" in answer, answer  # the answer never tells a guess from a good code
 
 
-def test_guessing_codes_locks_out_the_source_then_the_key(knocking: Knocking) -> None:
+def test_guessing_codes_locks_out_the_source_then_spends_the_key_budget(knocking: Knocking) -> None:
     k = knocking
     code = totp(k)
     guesses = wrong_codes(code, PER_KEY + 3)
-    source_line = f"rejected key alice from {ALICE} via dns: wrong one-time code (code does not match; source locked out"
+    source_line = (f"rejected key alice from {ALICE} via dns: wrong one-time code (code does not match; "
+                   f"{PER_KEY - PER_SOURCE} of {PER_KEY} wrong codes left for this key; source locked out")
     for guess in guesses[:PER_SOURCE]:
         dig(k, otp.to_label("alice", guess))
     assert k.served.wait_log(source_line, 5), k.served.log()
@@ -71,8 +78,8 @@ def test_guessing_codes_locks_out_the_source_then_the_key(knocking: Knocking) ->
     assert k.served.wait_log(refused, 5), k.served.log()
     assert k.probe() == "dropped", "a locked-out source opened the port"
 
-    # Another source may still guess, until the key itself is locked out.
-    key_line = "via icmp: wrong one-time code (code does not match; key locked out"
+    # Another source may still guess, until the key's budget is spent.
+    key_line = f"via icmp: wrong one-time code (code does not match; 0 of {PER_KEY} wrong codes left for this key; its codes are refused now"
     bob_pings = 0
     for guess in guesses[PER_SOURCE:]:
         if key_line in k.served.log():
@@ -99,3 +106,43 @@ def test_guessing_codes_locks_out_the_source_then_the_key(knocking: Knocking) ->
     k.alice_runs("ping", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(token), SERVER)
     assert k.opens(timeout=5), k.served.log()
     assert wait_until(lambda: "accepted alice via icmp" in k.served.log(), 3)
+
+
+def children(pid: int) -> set[int]:
+    return {int(n) for n in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def refused_everywhere(k: Knocking, code: pyotp.TOTP, after: str) -> None:
+    """The right code, from a source that never guessed, is refused for the key's spent budget."""
+    before = k.served.log().count("wrong-code budget is spent")
+    k.world.bob.run(["ping", "-c", "1", "-W", "1", "-p", otp.to_pattern(k.key.key_id, code.now()), BOB_SERVER],
+                    check=False)
+    assert wait_until(lambda: k.served.log().count("wrong-code budget is spent") > before, 5), (after, k.served.log())
+    assert k.probe(k.bob) == "dropped", f"the right code opened the port after {after}"
+
+
+def test_a_spent_budget_outlives_the_worker_a_reload_and_a_restart(knocking: Knocking) -> None:
+    k = knocking
+    code = totp(k)
+    for guess in wrong_codes(code, PER_KEY):
+        k.world.bob.run(["ping", "-c", "1", "-W", "1", "-p", otp.to_pattern(k.key.key_id, guess), BOB_SERVER],
+                        check=False)
+        # One spoofed-looking source per guess is what a patient guesser does;
+        # here the per-source lockout (3) would stop bob first, so use alice too.
+        k.alice_runs("dig", f"@{SERVER}", f"{otp.to_label('alice', guess)}.{ZONE}", "+tries=1", "+time=2")
+    assert k.served.wait_log("its codes are refused now", 5), k.served.log()
+    refused_everywhere(k, code, "spending the budget")
+
+    supervisor, worker = k.served.process.pid, k.served.worker_pid()  # type: ignore[union-attr]
+    os.kill(worker, signal.SIGKILL)  # a crash of the worker (the supervisor starts a new one)
+    assert wait_until(lambda: bool(children(supervisor) - {worker}), 5), k.served.log()
+    refused_everywhere(k, code, "a worker restart")
+
+    k.served.signal(signal.SIGHUP)
+    assert k.served.wait_log("reloaded ", 5), k.served.log()
+    refused_everywhere(k, code, "a reload")
+
+    assert k.served.stop() == 0
+    k.served.start()
+    refused_everywhere(k, code, "a restart of spa")
+    assert "accepted" not in k.served.log()

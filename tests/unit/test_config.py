@@ -99,6 +99,17 @@ def test_keygen_writes_matching_client_and_server_keys(server: Path) -> None:
     assert oct(os.stat(client_path).st_mode & 0o777) == "0o600"
 
 
+def test_only_keys_enrolled_for_codes_admit_them(server: Path) -> None:
+    _keygen(server, "alice", "--totp")
+    _keygen(server, "carol", "--emergency", "3")
+    _keygen(server, "bob")
+    keyring = config.load_keyring(config.load(server))
+    assert keyring.by_name["alice"].record.policy.allow_codes
+    assert keyring.by_name["carol"].record.policy.allow_codes
+    assert not keyring.by_name["bob"].record.policy.allow_codes
+    assert "allow_codes = true" in (server.parent / "keys" / "alice.toml").read_text()
+
+
 def test_ed25519_key_leaves_no_secret_on_the_server(server: Path) -> None:
     client_path = _keygen(server, "bob", "--ed25519")
     record = config.load_keyring(config.load(server)).by_name["bob"].record

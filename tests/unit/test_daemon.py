@@ -4,12 +4,14 @@ what needs a restart, and the worker fed with packet bytes (no sockets, no root)
 from __future__ import annotations
 
 import errno
-import os
 import ipaddress
 import json
+import logging
+import os
 import time
 from pathlib import Path
 
+import pyotp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -339,3 +341,25 @@ def test_dns_sockets_get_a_large_receive_queue() -> None:
     finally:
         udp.close()
         tcp.close()
+
+
+def test_the_first_wrong_code_and_the_spent_budget_are_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The owner hears of guessing at its first sign, not only from a count in status."""
+    directory = tmp_path / "srv"
+    assert main(["init", "--dir", str(directory), "--protect", "tcp/22", "--zone", "knock.test",
+                 "--backend", "dry-run"]) == 0
+    config = directory / "spa.toml"
+    config.write_text(config.read_text().replace("otp_failures_per_key = 20", "otp_failures_per_key = 3"))
+    assert main(["keygen", "alice", "--config", str(config), "--server", "192.0.2.1", "--totp",
+                 "--out", str(tmp_path / "alice.spakey")]) == 0
+    worker, _ = make_worker(config)
+    secret = worker.gate.keyring.by_name["alice"].record.totp_secret or ""
+    now = 1_760_000_000.0
+    wrong = next(f"{n:06d}" for n in range(10**6) if all(
+        pyotp.TOTP(secret).at(now + step * 30) != f"{n:06d}" for step in (-1, 0, 1)))
+    caplog.set_level(logging.INFO, logger="spa")
+    for _ in range(3):
+        worker.label(f"alice-{wrong}", ALICE, now)
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records if "wrong one-time code" in r.getMessage()]
+    assert [level for level, _ in levels] == [logging.WARNING, logging.INFO, logging.WARNING], levels
+    assert "first sign of guessing" in levels[0][1] and "its codes are refused now" in levels[2][1]

@@ -512,3 +512,34 @@ def test_fixed_sequence_shapes_are_checked(steps: tuple, timeout: float, message
 
     with pytest.raises(ValueError, match=message):
         StaticSequence("x", steps, Policy(open=(SSH,)), timeout)
+
+
+# -- code races (docs/threat-model.md) --------------------------------------
+
+
+def test_a_code_rewritten_in_flight_wins_the_race_and_the_owner_is_warned() -> None:
+    """A code binds no address: whoever sees alice-CODE-<her address> can send
+    alice-CODE-<theirs> first. That is why codes need allow_codes; what the
+    owner then gets is a warning that names the address her code opened."""
+    bench = make_bench()
+    code = _code()
+    stolen = bench.decide(Form.OTP, OtpCode("alice", code, OTHER), carrier=Carrier.DNS)
+    assert isinstance(stolen, Accepted) and stolen.grants[0].address == OTHER
+    hers = bench.decide(Form.OTP, OtpCode("alice", code, CLIENT), carrier=Carrier.DNS, at=NOW + 1)
+    assert isinstance(hers, Rejection) and hers.reason == Reason.REPLAY and hers.alarm
+    assert f"code first used for {OTHER}" in hers.detail
+
+
+def test_sources_limit_where_a_stolen_code_can_open() -> None:
+    bench = make_bench(sources=(ipaddress.ip_network("198.51.100.0/24"),))
+    stolen = bench.decide(Form.OTP, OtpCode("alice", _code(), OTHER), carrier=Carrier.DNS)
+    assert reason(stolen) == Reason.POLICY
+    assert isinstance(bench.decide(Form.OTP, OtpCode("alice", _code(), CLIENT), carrier=Carrier.DNS), Accepted)
+
+
+def test_codes_need_allow_codes_even_with_a_totp_secret() -> None:
+    bench = make_bench(allow_codes=False)
+    decision = bench.decide(Form.OTP, OtpCode("alice", _code()))
+    assert reason(decision) == Reason.POLICY and "allow_codes" in decision.detail  # type: ignore[union-attr]
+    # Refused before the budget: strangers cannot spend it on a key that takes no codes.
+    assert bench.gate.guesses.left(7, NOW) == GateSettings().otp_failures_per_key
