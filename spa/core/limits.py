@@ -3,8 +3,8 @@
 Both track at most ``capacity`` keys and forget the least recently used
 one when full. For sources that is a trade-off made on purpose: an attacker
 who spoofs many sources can push its own entry out, so per-source limits
-are a courtesy and the per-key lockout (keys are few, never evicted in
-practice) is what stops guessing.
+are a courtesy and the per-key wrong-code budget (spa.core.guesses: keys
+are few, never evicted) is what stops guessing.
 """
 
 from __future__ import annotations
@@ -65,11 +65,11 @@ class Lockout:
 
     The first lockout lasts ``lockout`` seconds, each one that follows
     (a guesser who simply waits it out) twice as long, up to a day. Without
-    the growth, a patient guesser gets ``threshold`` guesses every
-    ``lockout`` seconds forever: with the defaults 5,760 one-time codes
-    checked per key a day, a 1.7% daily chance against a 6-digit code. With
-    it, ~180 the first day and 20 a day after. A success, or a quiet spell
-    as long as the last lockout, resets the growth.
+    the growth, a patient source gets ``threshold`` guesses every
+    ``lockout`` seconds forever. A success, or a quiet spell as long as the
+    last lockout, resets the growth. Used per source for one-time codes
+    (spa.core.guesses); a lockout alone cannot cap a guesser who paces
+    itself just under the threshold from several sources.
     """
 
     def __init__(self, threshold: int, period: float, lockout: float, capacity: int) -> None:

@@ -7,7 +7,10 @@ pattern of hex digits, ``<key id as 4 hex digits><digits>`` (for example
 show); emergency codes have 10, so the two never collide.
 
 A code is not a MAC over an address: an address written into the label is
-a claim, so the gate treats it like an unbound token (policy must allow).
+a claim that anyone on the path can rewrite, and the packet's source is no
+better. So a code knock binds no address, and a key takes codes only when
+its policy says ``allow_codes`` (set by ``spa keygen --totp/--emergency``);
+docs/threat-model.md, "Code races", states the race and what limits it.
 """
 
 from __future__ import annotations
