@@ -41,10 +41,15 @@ def run(args: argparse.Namespace) -> int:
             kinds.append("secret")
         if record.public_key:
             kinds.append("ed25519")
+        codes = []
         if record.totp_secret:
-            kinds.append("totp")
+            codes.append("totp")
         if record.emergency_count:
-            kinds.append(f"{record.emergency_count} emergency codes")
+            codes.append(f"{record.emergency_count} emergency codes")
+        if codes and not record.policy.allow_codes:
+            # Keys made before allow_codes existed: say so rather than refuse them silently.
+            codes = [f"{c} (refused: no allow_codes)" for c in codes]
+        kinds += codes
         via = ",".join(c.value for c in Carrier if c in record.policy.carriers)
         opens = ",".join(map(str, record.policy.open))
         print(f"    {record.key_id:5d} {record.name:<16} {'+'.join(kinds):<28} opens {opens} via {via}")

@@ -171,7 +171,15 @@ def test_check_summarises(server: Path, capsys: pytest.CaptureFixture[str]) -> N
     capsys.readouterr()
     assert main(["check", "--config", str(server)]) == 0
     out = capsys.readouterr().out
-    assert f"{server}: OK" in out and "alice" in out and "secret+totp" in out
+    assert f"{server}: OK" in out and "alice" in out and "secret+totp" in out and "refused" not in out
+
+
+def test_check_says_when_a_key_with_codes_cannot_use_them(server: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _keygen(server, "alice", "--totp")
+    _edit(server.parent / "keys" / "alice.toml", "allow_codes = true", "allow_codes = false")
+    capsys.readouterr()
+    assert main(["check", "--config", str(server)]) == 0
+    assert "totp (refused: no allow_codes)" in capsys.readouterr().out
 
 
 def test_the_example_key_in_the_checkout_is_the_test_vector_key(tmp_path: Path) -> None:
