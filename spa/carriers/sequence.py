@@ -17,6 +17,12 @@ with the next packet. A repeat of the source's previous hit is a
 retransmission and never breaks a sequence. State is per source address, so
 two people behind one NAT can break each other's sequences; payload tokens
 (ping, DNS, UDP) do not have that problem. docs/carriers.md has the details.
+
+Every hit is a guess at a sequence (its tail is looked up), so hits are
+budgeted per source: at most ``hit_rate`` a second (burst ``hit_burst``)
+count, for an IPv4 address or an IPv6 /64 (one subscriber's prefix: a
+guesser owns all of it, and a grant opens the guessing address itself).
+Without it one source at packet rate would get ~10^11 guesses a month.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from spa.core.events import Carrier, Form, IPAddress, Knock, Request, SequenceHit, StaticHit
+from spa.core.limits import Buckets
 from spa.core.sequence import StaticSequence
 
 
@@ -57,12 +64,16 @@ class Tracker:
     """
 
     def __init__(
-        self, statics: tuple[StaticSequence, ...] = (), otp_timeout: float = 10.0, max_sources: int = 65536
+        self, statics: tuple[StaticSequence, ...] = (), otp_timeout: float = 10.0, max_sources: int = 65536,
+        hit_rate: float | None = None, hit_burst: int = 20,
     ) -> None:
+        """``hit_rate`` None counts every hit (the forgery bench measures the matcher alone)."""
         if max_sources < 1:
             raise ValueError("max_sources must be at least 1")
         self.otp_timeout = otp_timeout
         self.max_sources = max_sources
+        self._budget = Buckets(hit_rate, hit_burst, max_sources) if hit_rate is not None else None
+        self.over_budget = 0  # hits not counted: their source sent more than hit_rate
         # packed address -> packed hits; insertion order is recency (pop and re-insert).
         self._sources: dict[bytes, bytes] = {}
         self._otp: Mapping[tuple[int, ...], SequenceHit] = {}
@@ -104,6 +115,9 @@ class Tracker:
         """Record one packet to a watched port; the knocks it completes (usually none)."""
         proto, port = (0 if request.proto == PROTOS[0] else 1), request.port
         key = source.packed
+        if self._budget is not None and not self._budget.take(key[:8], received):
+            self.over_budget += 1
+            return []
         packed = self._sources.pop(key, None)
         if packed is None:
             if len(self._sources) >= self.max_sources:

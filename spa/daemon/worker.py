@@ -52,7 +52,8 @@ class Worker:
         self.counts: Counter[str] = Counter({COUNTER: 0})  # shown even at zero: it is watched
         self.unexpected = Unexpected(self.counts, "worker")
         timeout = config.sequence.timeout if config.sequence else 10.0
-        self.tracker = Tracker(config.statics, timeout, config.gate.tracked_sources)
+        gate = config.gate
+        self.tracker = Tracker(config.statics, timeout, gate.tracked_sources, gate.source_rate, gate.source_burst)
         self.zone = config.dns.served if config.dns else None  # built (and so checked) at load
         self.udp_port = config.udp.port if config.udp else None
         self.sniff_port = config.dns.port if config.dns and config.dns.mode == "sniff" else None
@@ -181,6 +182,7 @@ class Worker:
         for outcome, count in self.gate.counts.items():
             merged[f"gate.{outcome.lower()}"] += count
         merged["sequence.sources"] = len(self.tracker)
+        merged["sequence.over_budget"] = self.tracker.over_budget
         return dict(merged)
 
 

@@ -354,3 +354,20 @@ def test_any_hits_give_well_formed_knocks_and_bounded_state(hits: list[tuple[int
             else:
                 assert knock.form == Form.SEQUENCE and knock.payload in table.values()
         assert len(tracker) <= max_sources
+
+
+def test_hits_beyond_a_sources_budget_are_not_guesses() -> None:
+    """Each hit is a guess at a one-time sequence: one source at packet rate
+    would get ~10^11 guesses a month. Past its budget a source's hits are not
+    looked at; an IPv6 /64 is one source (its owner has every address in it)."""
+    tracker = Tracker((DOOR,), hit_rate=1.0, hit_burst=3)
+    guesser = ipaddress.ip_address("2001:db8:1:2::1")
+    for n in range(3):
+        tracker.hit(ipaddress.ip_address(f"2001:db8:1:2::{n + 10}"), Request("tcp", 20000 + n), 100.0)
+    # The /64's budget is spent: even the fixed sequence is not seen now ...
+    assert [tracker.hit(guesser, step, 100.0) for step in DOOR.steps] == [[], [], []]
+    assert tracker.over_budget == 3
+    # ... another prefix is not affected, and the budget grows back.
+    other = ipaddress.ip_address("2001:db8:1:3::1")
+    assert [k.form for s in DOOR.steps for k in tracker.hit(other, s, 100.0)] == [Form.STATIC]
+    assert [k.form for s in DOOR.steps for k in tracker.hit(guesser, s, 103.0 + DOOR.steps.index(s))] == [Form.STATIC]
