@@ -132,6 +132,11 @@ class FileGuesses(Guesses):
         except GuessesCorrupt:
             self.journal.close()
             raise
+        try:
+            self.journal.open()
+        except OSError:
+            self.journal.close()
+            raise
         self._tidy(now)
 
     def _apply(self, line: str) -> None:

@@ -30,9 +30,10 @@ class Journal:
         self._own_directory = directory is None
         self._directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY) if directory is None else directory
         self._file: TextIO | None = None
+        self._whole: int | None = None  # where a torn last line starts, until open() cuts it
 
     def read(self) -> list[str]:
-        """Every complete line (none for a missing file); then open for appending.
+        """Every complete line (none for a missing file); :meth:`open` comes next.
 
         Raises OSError or UnicodeDecodeError if the file cannot be read.
         """
@@ -44,11 +45,17 @@ class Journal:
             text = ""
         lines = text.split("\n")
         torn = lines.pop()  # text after the last newline: empty unless a write was torn
-        if torn:
-            self._cut(len(text) - len(torn))  # so later appends start on a clean line
+        self._whole = len(text) - len(torn) if torn else None
         self.lines = len(lines)
-        self._file = self._open_append()
         return lines
+
+    def open(self) -> None:
+        """Cut a torn last line off and open for appending. Raises OSError (a
+        read-only or full file system): apart from damage, which :meth:`read` tells."""
+        if self._whole is not None:
+            self._cut(self._whole)  # so later appends start on a clean line
+            self._whole = None
+        self._file = self._open_append()
 
     def _open_append(self) -> TextIO:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW

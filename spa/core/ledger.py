@@ -115,6 +115,11 @@ class FileLedger(Ledger):
                     f"{self.path}:{number}: damaged replay state; refusing to start rather than "
                     "risk accepting a used token (move the file away to start afresh)"
                 ) from None
+        try:
+            self.journal.open()
+        except OSError:
+            self.journal.close()
+            raise
 
     def _apply(self, line: str) -> None:
         parts = line.split(" ")
