@@ -91,7 +91,7 @@ def _name_labels(text: str, what: str) -> tuple[bytes, ...]:
         raise ValueError(f"{what} is empty (the root zone cannot be a knock zone)")
     labels = name.split(".")
     for label in labels:
-        if not _HOST_LABEL.match(label):
+        if not _HOST_LABEL.fullmatch(label):
             raise ValueError(
                 f"{what} {text!r}: label {label!r} is not 1-63 letters, digits "
                 "or inner hyphens"
@@ -439,7 +439,7 @@ def _judge(query: _Parsed, zone: Zone) -> _Verdict:
     label = None
     if depth == 1 and host is None:
         raw = qname[1:starts[1]]
-        if _TOKEN_LABEL.match(raw):
+        if _TOKEN_LABEL.fullmatch(raw):
             label = raw.decode("ascii")
     return _Verdict(NOERROR, label, (_EMPTY, plan.soa, _EMPTY), True, True, zone_at)
 

@@ -274,7 +274,7 @@ def _check_capture(doc: Document, loaded: Config) -> None:
 
 def _user(server: _Reader) -> str:
     user = server.text("user", "nobody")
-    if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user):
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
         server.fail("user", "expected a user name such as nobody or spa")
     return user
 
@@ -292,14 +292,14 @@ def _read_dns(table: _Reader) -> DnsConfig:
     if "zone" not in table.node:
         table.fail("zone", "missing: the zone delegated to this server, e.g. knock.example.com")
     zone = table.text("zone", "").lower().rstrip(".")
-    if not _ZONE.match(zone):
+    if not _ZONE.fullmatch(zone):
         table.fail("zone", f"{zone!r} is not a domain name such as knock.example.com")
     mode = table.text("mode", "serve")
     if mode not in ("serve", "sniff"):
         table.fail("mode", 'expected "serve" (answer on port 53) or "sniff" (another server answers)')
     nameservers = table.node.get("nameservers", [])
     if not isinstance(nameservers, list) or not all(
-        isinstance(n, str) and _ZONE.match(n.lower().rstrip(".")) for n in nameservers
+        isinstance(n, str) and _ZONE.fullmatch(n.lower().rstrip(".")) for n in nameservers
     ):
         table.fail("nameservers", 'expected a list of host names such as ["ns1.knock.example.com"]')
     servers = tuple(n.lower().rstrip(".") for n in nameservers)
@@ -344,7 +344,7 @@ def _read_statics(doc: Document, defaults: Policy, firewall: FirewallSettings) -
     for name in node:
         where = ("sequences", name)
         table = _Reader(doc, where, STATIC_OPTIONS + POLICY_OPTIONS)
-        if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", name):
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name):
             doc.fail(where, "sequence names are lowercase letters, digits, - and _")
         ports = table.node.get("ports")
         if not isinstance(ports, list) or not all(isinstance(p, str) for p in ports):

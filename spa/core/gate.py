@@ -140,7 +140,10 @@ class Gate:
             return None
         if entry.address == address and knock.received - entry.accepted <= self.settings.repeat_window:
             return Duplicate(knock.source, knock.carrier, key)
-        if knock.form == Form.OTP and entry.address != address:
+        # A code without an address in it opens the packet's source; over DNS
+        # that is a resolver, and resolvers retry from other addresses: no alarm.
+        named = isinstance(knock.payload, OtpCode) and (knock.payload.address is not None or knock.carrier != Carrier.DNS)
+        if knock.form == Form.OTP and entry.address != address and named:
             # A code names no address under a MAC: whoever saw it in flight can
             # send it first for their own (docs/threat-model.md, "Code races").
             return self._reject(
@@ -296,18 +299,20 @@ class Gate:
         if found is None:
             return self._wrong_code(knock, entry, source, now)
         token_id, token_time = found
-        self.guesses.right(source)
         address = code.address if code.address is not None else knock.source
         seen = self._seen(knock, token_id, address, entry.name)
         if seen is not None:
-            return seen
-        return self._finish(knock, entry, token_id, token_time, address, (record.policy.open[0],), code=True)
+            return seen  # a used code is no success: replaying one must not clear the source's count
+        decision = self._finish(knock, entry, token_id, token_time, address, (record.policy.open[0],), code=True)
+        if isinstance(decision, Accepted):
+            self.guesses.right(source)
+        return decision
 
     def _wrong_code(self, knock: Knock, entry: KeyEntry, source: bytes, now: float) -> Rejection:
         """Count a wrong code against its key's budget and its source; alarm at the first and the last."""
         try:
             strike = self.guesses.wrong(entry.record.key_id, source, now)
-        except OSError as problem:  # counted in memory all the same
+        except OSError as problem:  # counted in memory; codes are refused unchecked until it can be written
             return self._reject(knock, Reason.BAD_CODE, f"code does not match; not recorded: {problem}",
                                 entry.name, alarm=True)
         limit = self.guesses.limits
@@ -316,9 +321,12 @@ class Gate:
             detail += "; its codes are refused now (possible guessing: key-file knocks still work)"
         elif strike.first:
             detail += " (a typo, or the first sign of guessing)"
+        elif strike.left == limit.key_burst // 2:
+            detail += " (half the budget gone: guessing?)"
         if strike.source_locked:
             detail += f"; source locked out for {strike.source_locked:.0f} s"
-        return self._reject(knock, Reason.BAD_CODE, detail, entry.name, alarm=strike.first or strike.spent)
+        alarm = strike.first or strike.spent or strike.left == limit.key_burst // 2
+        return self._reject(knock, Reason.BAD_CODE, detail, entry.name, alarm=alarm)
 
     def _match_code(self, entry: KeyEntry, digits: str, now: float) -> tuple[bytes, int] | None:
         """The ledger id and time of the code ``digits`` matches, or None."""

@@ -105,23 +105,26 @@ class GuessesCorrupt(SpaError):
 class FileGuesses(Guesses):
     """Wrong-code state kept in an append-only file (:class:`~spa.core.journal.Journal`).
 
-    Lines: ``key ID WHOLE_AT`` and ``source HEX SINCE COUNT LOCKED_UNTIL
-    LEVEL FORGIVEN_AT``; the last line for a key or source wins. Each wrong
-    code is written and fsynced before :meth:`wrong` returns (raising
-    OSError if it could not be; the memory is updated first, so the running
-    worker forgets nothing either way).
+    Lines: ``key ID AT OWED`` (at time AT the key owed OWED wrong codes: in
+    codes, not seconds, so a reload with another ``key_per_day`` refunds
+    nothing) and ``source HEX SINCE COUNT LOCKED_UNTIL LEVEL FORGIVEN_AT``;
+    the last line for a key or source wins. Each wrong code is written and
+    fsynced before :meth:`wrong` returns. If that fails, the state is
+    *unhealthy*: codes are refused unchecked (fail closed, or a restart
+    would forget the unwritten ones) until the whole state is written again.
     """
 
     def __init__(self, path: Path, limits: CodeLimits, directory: int | None = None, now: float = 0.0) -> None:
         super().__init__(limits)
         self.path = path
         self.journal = Journal(path, directory)
+        self.unwritable: str | None = None  # why the last write failed, until a rewrite succeeds
         try:
             lines = self.journal.read()
             for number, line in enumerate(lines, start=1):
                 try:
                     self._apply(line)
-                except (ValueError, IndexError):
+                except (ValueError, IndexError, OverflowError):
                     raise GuessesCorrupt(
                         f"{path}:{number}: damaged wrong-code state; refusing to start rather than forgive "
                         "a guesser (move the file away to start afresh)"
@@ -141,49 +144,76 @@ class FileGuesses(Guesses):
 
     def _apply(self, line: str) -> None:
         kind, *fields = line.split(" ")
-        if kind == "key" and len(fields) == 2:
-            self._whole_at[int(fields[0])] = float(fields[1])
+        if kind == "key" and len(fields) == 3:
+            at, owed = _finite(fields[1]), _finite(fields[2])
+            if owed < 0:
+                raise ValueError(line)
+            self._whole_at[int(fields[0])] = at + owed * self._interval
         elif kind == "source" and len(fields) == 6:
             since, count, until, level, forgiven = fields[1:]
-            strikes = Strikes(float(since), int(count), float(until), int(level), float(forgiven))
+            strikes = Strikes(_finite(since), int(count), _finite(until), int(level), _finite(forgiven))
             self._sources.put(bytes.fromhex(fields[0]), strikes)
         else:
             raise ValueError(line)
 
+    def refusal(self, key_id: int, source: bytes, now: float) -> str | None:
+        if self.unwritable is not None:
+            self._tidy(now, always=True)  # a whole rewrite is the way back (fsyncgate: not an append)
+            if self.unwritable is not None:
+                return f"wrong-code state not writable ({self.unwritable}); codes are not checked until it is"
+        return super().refusal(key_id, source, now)
+
     def wrong(self, key_id: int, source: bytes, now: float) -> Strike:
         strike = super().wrong(key_id, source, now)
-        self.journal.append(self._key_line(key_id))
-        strikes = self._sources.get(source)
-        if strikes is not None:
-            self.journal.append(_source_line(source, strikes))
-        self.journal.sync()
+        try:
+            self.journal.append(self._key_line(key_id, now))
+            strikes = self._sources.get(source)
+            if strikes is not None:
+                self.journal.append(_source_line(source, strikes))
+            self.journal.sync()
+        except OSError as problem:
+            self.unwritable = problem.strerror or str(problem)
+            raise
         if self.journal.lines > 1000 and self.journal.lines > 4 * (len(self) + 1):
             self._tidy(now)
         return strike
 
-    def _key_line(self, key_id: int) -> str:
-        return f"key {key_id} {self._whole_at[key_id]:.3f}"
+    def _key_line(self, key_id: int, now: float) -> str:
+        owed = max(0.0, self._whole_at[key_id] - now) / self._interval
+        return f"key {key_id} {now:.3f} {owed:.6f}"
 
-    def _tidy(self, now: float) -> None:
-        """Forget what no longer limits anyone, and rewrite the file if that shrinks it.
+    def _tidy(self, now: float, always: bool = False) -> None:
+        """Forget sources that no longer limit anyone, and rewrite the file if that shrinks it.
 
-        A rewrite that fails (a full disk) changes nothing: the appended file
-        still says the same, only longer.
+        Keys are never forgotten (there are few): a start with the clock days
+        ahead must not erase a spent budget that the corrected clock would
+        still count. Sources are kept for a month past the end of their
+        strikes, for the same reason. A rewrite that fails (a full disk)
+        changes nothing the file says; it only stays longer.
         """
-        whole = [key for key, at in self._whole_at.items() if at <= now]
-        for key in whole:
-            del self._whole_at[key]
-        forgotten = self._sources.forget(now)
-        if whole or forgotten or self.journal.lines > len(self):
-            lines = [self._key_line(key) for key in self._whole_at]
+        forgotten = self._sources.forget(now - CLOCK_MARGIN)
+        if always or forgotten or self.journal.lines > len(self):
+            lines = [self._key_line(key, now) for key in self._whole_at]
             lines += [_source_line(bytes(source), strikes) for source, strikes in self._sources.items()]  # type: ignore[arg-type]
             try:
                 self.journal.rewrite(lines)
-            except OSError:
-                pass
+                self.unwritable = None
+            except OSError as problem:
+                if always:
+                    self.unwritable = problem.strerror or str(problem)
 
     def close(self) -> None:
         self.journal.close()
+
+
+CLOCK_MARGIN = 30 * DAY  # how far ahead a clock may have been when strikes are forgotten
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 def _source_line(source: bytes, s: Strikes) -> str:

@@ -112,6 +112,9 @@ class Journal:
         os.fsync(self._directory)
         self.lines = count
         self._unsynced = False  # the rewrite was fsynced whole
+        # Nothing of the file whose fsync failed is left: the new one holds
+        # the caller's whole state, fsynced, so syncing may be trusted again.
+        self._sync_failed = None
         if self._file is not None:
             file, self._file = self._file, None  # never left holding a closed file
             file.close()

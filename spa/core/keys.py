@@ -76,7 +76,7 @@ def new_signing_key() -> tuple[bytes, bytes]:
 
 def valid_name(name: str) -> bool:
     """Key names go into DNS labels: lowercase letters and digits, letter first."""
-    return bool(NAME_PATTERN.match(name))
+    return bool(NAME_PATTERN.fullmatch(name))
 
 
 def _hex(doc: Document, option: str, size: int) -> bytes:

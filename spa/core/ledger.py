@@ -18,6 +18,7 @@ Codes that never go stale (emergency codes) are recorded with time
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +130,10 @@ class FileLedger(Ledger):
         if len(parts) != 4:
             raise ValueError(line)
         token, address, time, accepted = parts
-        self._entries[bytes.fromhex(token)] = Entry(ipaddress.ip_address(address), float(accepted), int(time))
+        when = float(accepted)
+        if not math.isfinite(when):
+            raise ValueError(line)
+        self._entries[bytes.fromhex(token)] = Entry(ipaddress.ip_address(address), when, int(time))
 
     def _append(self, line: str) -> None:
         self.journal.append(line)

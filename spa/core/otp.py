@@ -110,7 +110,7 @@ def _address_to_label(address: IPAddress) -> str:
 def _address_from_label(text: str) -> IPAddress | None:
     parts = text.split("-")
     try:
-        if len(parts) == 4 and all(_DIGITS.match(p) for p in parts):
+        if len(parts) == 4 and all(_DIGITS.fullmatch(p) for p in parts):
             return ipaddress.IPv4Address(".".join(parts))
         address = ipaddress.IPv6Address(text.replace("-", ":"))
     except ValueError:
@@ -123,13 +123,13 @@ def _address_from_label(text: str) -> IPAddress | None:
 
 
 def _is_code(digits: str) -> bool:
-    return bool(_DIGITS.match(digits)) and len(digits) in (*TOTP_DIGITS, EMERGENCY_DIGITS)
+    return bool(_DIGITS.fullmatch(digits)) and len(digits) in (*TOTP_DIGITS, EMERGENCY_DIGITS)
 
 
 def parse_label(label: str) -> OtpCode | None:
     """Read an OTP DNS label (any case); None if it is not one."""
     name, sep, rest = label.lower().partition("-")
-    if not sep or not NAME_PATTERN.match(name):
+    if not sep or not NAME_PATTERN.fullmatch(name):
         return None
     digits, sep, address_text = rest.partition("-")
     if not _is_code(digits):

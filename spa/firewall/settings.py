@@ -108,7 +108,7 @@ class FirewallSettings:
             # ip/ip6 tables would need two guards; inet is in every kernel spa supports.
             raise FirewallSettingsError(f"firewall family must be inet, not {self.family!r}")
         for label, name in (("guard_table", self.guard_table), ("grant_table", self.grant_table)):
-            if not NAME_PATTERN.match(name):
+            if not NAME_PATTERN.fullmatch(name):
                 raise FirewallSettingsError(
                     f"{label} {name!r}: use letters, digits and _ (at most 28, starting with a letter)"
                 )

@@ -349,7 +349,7 @@ def test_the_first_wrong_code_and_the_spent_budget_are_warnings(tmp_path: Path, 
     assert main(["init", "--dir", str(directory), "--protect", "tcp/22", "--zone", "knock.test",
                  "--backend", "dry-run"]) == 0
     config = directory / "spa.toml"
-    config.write_text(config.read_text().replace("otp_failures_per_key = 20", "otp_failures_per_key = 3"))
+    config.write_text(config.read_text().replace("otp_failures_per_key = 20", "otp_failures_per_key = 5"))
     assert main(["keygen", "alice", "--config", str(config), "--server", "192.0.2.1", "--totp",
                  "--out", str(tmp_path / "alice.spakey")]) == 0
     worker, _ = make_worker(config)
@@ -358,8 +358,10 @@ def test_the_first_wrong_code_and_the_spent_budget_are_warnings(tmp_path: Path, 
     wrong = next(f"{n:06d}" for n in range(10**6) if all(
         pyotp.TOTP(secret).at(now + step * 30) != f"{n:06d}" for step in (-1, 0, 1)))
     caplog.set_level(logging.INFO, logger="spa")
-    for _ in range(3):
+    for _ in range(5):
         worker.label(f"alice-{wrong}", ALICE, now)
     levels = [(r.levelno, r.getMessage()) for r in caplog.records if "wrong one-time code" in r.getMessage()]
-    assert [level for level, _ in levels] == [logging.WARNING, logging.INFO, logging.WARNING], levels
-    assert "first sign of guessing" in levels[0][1] and "its codes are refused now" in levels[2][1]
+    warn, info = logging.WARNING, logging.INFO
+    assert [level for level, _ in levels] == [warn, info, warn, info, warn], levels
+    assert "first sign of guessing" in levels[0][1] and "half the budget" in levels[2][1]
+    assert "its codes are refused now" in levels[4][1]

@@ -530,6 +530,19 @@ def test_a_code_rewritten_in_flight_wins_the_race_and_the_owner_is_warned() -> N
     assert f"code first used for {OTHER}" in hers.detail
 
 
+def test_a_dns_code_without_an_address_opens_the_resolver_and_raises_no_alarm() -> None:
+    """Resolvers retry from other egress addresses: a repeat is no sign of theft."""
+    bench = make_bench()
+    code = _code()
+    assert isinstance(bench.decide(Form.OTP, OtpCode("alice", code), carrier=Carrier.DNS), Accepted)
+    again = bench.decide(Form.OTP, OtpCode("alice", code), source=OTHER, carrier=Carrier.DNS, at=NOW + 1)
+    assert isinstance(again, Rejection) and again.reason == Reason.REPLAY and not again.alarm
+
+
+def test_a_label_with_a_trailing_newline_is_not_a_code() -> None:
+    assert otp.parse_label("alice-123456\n") is None and otp.parse_label("alice\n-123456") is None
+
+
 def test_sources_limit_where_a_stolen_code_can_open() -> None:
     bench = make_bench(sources=(ipaddress.ip_network("198.51.100.0/24"),))
     stolen = bench.decide(Form.OTP, OtpCode("alice", _code(), OTHER), carrier=Carrier.DNS)

@@ -57,10 +57,91 @@ def test_the_file_keeps_every_wrong_code(tmp_path: Path) -> None:
     again = FileGuesses(path, LIMITS, now=NOW + 60)
     assert again.left(7, NOW + 60) == 0 and again.refusal(7, SOURCE, NOW + 60) is not None
     again.close()
-    # Once whole again the key is forgotten, and the file shrinks to what still limits.
+    # Whole again later; the file shrinks to one line a key (keys are never forgotten: see below).
     later = FileGuesses(path, LIMITS, now=NOW + 3 * DAY)
-    assert later.left(7, NOW + 3 * DAY) == 4 and "key 7" not in path.read_text()
+    assert later.left(7, NOW + 3 * DAY) == 4 and path.read_text().count("key 7 ") == 1
     later.close()
+
+
+# -- what an outside review tried (each failed before its fix) -------------------------------
+
+
+def test_a_reload_with_a_smaller_daily_budget_refunds_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "guesses"
+    guesses = FileGuesses(path, CodeLimits(key_burst=20, key_per_day=10), now=NOW)
+    for _ in range(20):
+        guesses.wrong(7, SOURCE, NOW)
+    guesses.close()
+    tighter = FileGuesses(path, CodeLimits(key_burst=20, key_per_day=1), now=NOW + 1)
+    assert tighter.left(7, NOW + 1) == 0, "the file counted seconds, and a new interval turned them into codes"
+    tighter.close()
+
+
+def test_a_clock_days_ahead_at_start_does_not_erase_a_spent_budget(tmp_path: Path) -> None:
+    path = tmp_path / "guesses"
+    guesses = FileGuesses(path, LIMITS, now=NOW)
+    for _ in range(4):
+        guesses.wrong(7, SOURCE, NOW)
+    guesses.close()
+    FileGuesses(path, LIMITS, now=NOW + 3 * DAY).close()  # a wrong clock at boot, then corrected
+    assert FileGuesses(path, LIMITS, now=NOW + 60).left(7, NOW + 60) == 0
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_values_that_are_not_finite_are_damage(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "guesses"
+    path.write_text(f"key 7 {NOW:.3f} {value}\n")
+    with pytest.raises(GuessesCorrupt):
+        FileGuesses(path, LIMITS, now=NOW)
+    path.write_text(f"key 7 {value} 1.0\n")
+    with pytest.raises(GuessesCorrupt):
+        FileGuesses(path, LIMITS, now=NOW)
+
+
+def test_an_unwritable_file_refuses_codes_unchecked_until_it_can_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Else a restart would forget every wrong code that could not be written."""
+    import errno
+
+    from spa.core.journal import Journal
+
+    guesses = FileGuesses(tmp_path / "guesses", LIMITS, now=NOW)
+
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Journal, "append", full)
+        patch.setattr(Journal, "rewrite", full)
+        with pytest.raises(OSError):
+            guesses.wrong(7, SOURCE, NOW)
+        assert "not writable" in (guesses.refusal(7, SOURCE, NOW) or "")
+        assert "not writable" in (guesses.refusal(8, SOURCE, NOW) or ""), "every key: the file is one"
+    # Space is back: a whole rewrite (not an append after a failure) makes it healthy again.
+    assert guesses.refusal(7, SOURCE, NOW) is None
+    guesses.close()
+    assert FileGuesses(tmp_path / "guesses", LIMITS, now=NOW).left(7, NOW) == 3
+
+
+def test_replaying_a_used_code_does_not_clear_the_sources_count() -> None:
+    settings = GateSettings(otp_failures_per_key=1000, otp_failures_per_source=5)
+    gate = Gate(Keyring(bytes(range(32)), [alice_record()]), Ledger(660), settings)
+    from spa.core import otp
+
+    used = otp.totp(alice_record().totp_secret or "").at(NOW)
+
+    def knock(digits: str) -> object:
+        return gate.decide(Knock(Carrier.DNS, Form.OTP, OtpCode("alice", digits), CLIENT, NOW))
+
+    assert isinstance(knock(used), Accepted)
+    outcomes = []
+    for n in range(3):
+        for m in range(4):
+            outcomes.append(knock(f"{n * 4 + m + 1:06d}"))
+        knock(used)  # a replay: the source's count must go on
+    checked = [d for d in outcomes if isinstance(d, Rejection) and d.reason == Reason.BAD_CODE]
+    assert len(checked) == 5, [getattr(d, "reason", d) for d in outcomes]
 
 
 def test_the_source_lockout_survives_too(tmp_path: Path) -> None:
