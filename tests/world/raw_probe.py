@@ -5,13 +5,14 @@ one JSON document::
 
     raw_probe.py tcp HOST PORT...       a SYN (with 4 data bytes) and a bare ACK to each port
     raw_probe.py udp HOST PORT...       one datagram to each port
-    raw_probe.py burst HOST PORT COUNT  COUNT datagrams back to back to one port
+    raw_probe.py burst HOST COUNT STEP...  per STEP (a port, or sleep:SECONDS): COUNT datagrams back to back
 
 ``tcp`` and ``udp`` print, per port, the reply's header fields (or null for
 no reply), with the port numbers left out so two ports' answers compare
 with ``==``; the TCP ones add how seq/ack relate to the probe, the ICMP
 ones whether the quoted bytes are the probe's own. ``burst`` prints how
-many ICMP errors came back. Every probe of one run uses the same sequence
+many ICMP errors came back for each port step, told apart by the source
+port their quote names (each step sends from its own). Every probe of one run uses the same sequence
 numbers, payload and source port, so nothing but the port differs.
 """
 
@@ -111,11 +112,44 @@ def udp(host: str, ports: list[int]) -> dict[str, Any]:
     return found
 
 
-def burst(host: str, port: int, count: int) -> dict[str, Any]:
-    # One source port per datagram, so each error is matched to its own probe.
-    probes = [network(host) / UDP(sport=20000 + index, dport=port) / Raw(PAYLOAD) for index in range(count)]
-    answered, _ = sr(probes, timeout=WAIT, verbose=0)
-    return {"sent": count, "errors": sum(1 for _, reply in answered if ICMP in reply or ICMPv6DestUnreach in reply)}
+def burst(host: str, count: int, steps: list[str]) -> dict[str, Any]:
+    """Datagrams from plain UDP sockets (nothing slower between steps than ``sleep:``),
+    and an AF_PACKET sniffer counting the ICMP errors that come back."""
+    import socket
+    import time
+
+    from scapy.sendrecv import AsyncSniffer
+
+    six = ":" in host
+
+    def source_port(packet: Packet) -> int | None:
+        if not six and ICMP in packet and packet[ICMP].type == 3 and UDPerror in packet:
+            return int(packet[UDPerror].sport)
+        if six and ICMPv6DestUnreach in packet and UDPerror in packet:
+            return int(packet[UDPerror].sport)
+        return None
+
+    sniffer = AsyncSniffer(lfilter=lambda packet: source_port(packet) is not None, store=True)
+    sniffer.start()
+    time.sleep(0.5)  # the sniffer's socket is open before the first datagram goes
+    family = socket.AF_INET6 if six else socket.AF_INET
+    sockets: list[socket.socket] = []
+    for step in steps:
+        if step.startswith("sleep:"):
+            time.sleep(float(step.removeprefix("sleep:")))
+            continue
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind(("::" if six else "0.0.0.0", 0))
+        sockets.append(sock)
+        for _ in range(count):
+            sock.sendto(PAYLOAD, (host, int(step)))
+    time.sleep(WAIT)
+    caught = sniffer.stop() or []
+    for_port = [source_port(packet) for packet in caught]
+    errors = [for_port.count(sock.getsockname()[1]) for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return {"sent": count, "errors": errors}
 
 
 def main(argv: list[str]) -> int:
@@ -126,7 +160,7 @@ def main(argv: list[str]) -> int:
     elif kind == "udp":
         result = udp(host, [int(p) for p in rest])
     elif kind == "burst":
-        result = burst(host, int(rest[0]), int(rest[1]))
+        result = burst(host, int(rest[0]), rest[1:])
     else:
         print(f"unknown probe {kind!r}", file=sys.stderr)
         return 2
