@@ -55,7 +55,8 @@ sequence_step = 30             # a sequence changes every this many seconds
 
 [firewall]
 backend = "{backend}"          # nftables | iptables | command | dry-run
-protect = [{protect}]          # dropped for everyone without a grant
+protect = [{protect}]          # refused for everyone without a grant
+stealth = "closed"             # closed: refused ports answer as unused ones (RST); drop: silent, for default-drop hosts
 
 [carriers.icmp]                # ping -p <token>
 enabled = true

@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 
 from spa.carriers.dns import MAX_TTL, Zone
 from spa.errors import ConfigError
-from spa.firewall.settings import BACKENDS, FirewallSettings, FirewallSettingsError, single_use_refusal
+from spa.firewall.settings import (
+    BACKENDS,
+    STEALTH_MODES,
+    FirewallSettings,
+    FirewallSettingsError,
+    single_use_refusal,
+    stealth_refusal,
+)
 from spa.intake.bpf import compile_filter
 
 from . import pathtrust, tomlfile
@@ -372,6 +379,10 @@ def _read_firewall(doc: Document) -> FirewallSettings:
     backend = table.text("backend", defaults.backend)
     if backend not in BACKENDS:
         table.fail("backend", f"expected one of {', '.join(BACKENDS)}")
+    # Checked here, not only in FirewallSettings, so the error names the option's own line.
+    stealth = table.node.get("stealth", defaults.stealth)
+    if stealth not in STEALTH_MODES:
+        table.fail("stealth", stealth_refusal(stealth))
     if "protect" not in table.node:
         table.fail("protect", 'missing: which ports should the guard hide? e.g. ["tcp/22"]')
     for option, value in table.node.items():

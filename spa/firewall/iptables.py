@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from spa.core.events import Grant, IPAddress, Request
 
 from .base import FirewallError, LiveGrant, check_grant
-from .nft_render import host, who
+from .nft_render import host, stealth_contrast, who
 from .settings import FirewallSettings
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,23 @@ class IptablesBackend:
     # -- install / uninstall -------------------------------------------------
 
     def install(self) -> None:
-        """Create sets and the guard chain; clear stale rules from older runs."""
+        """Create sets and the guard chain; clear stale rules from older runs.
+        Warns if ``stealth`` would stand out against INPUT's own policy."""
+        self._install()
+        warning = stealth_contrast(self.settings, self._dropping_inputs())
+        if warning:
+            log.warning("%s", warning)
+
+    def _dropping_inputs(self) -> list[str]:
+        """Which of iptables/ip6tables INPUT has policy DROP (``-P INPUT DROP``)."""
+        dropping = []
+        for version in (4, 6):
+            result = self._call([self.tools[version], "-w", "-S", "INPUT"])
+            if result.returncode == 0 and "-P INPUT DROP" in result.stdout.splitlines():
+                dropping.append(f"{self.tools[version]} INPUT")
+        return dropping
+
+    def _install(self) -> None:
         if self.settings.single_use:
             raise FirewallError(
                 "the iptables backend cannot do single-use grants "
@@ -77,15 +93,27 @@ class IptablesBackend:
             ["-m", "set", "--match-set", self.sets[version], "src,dst", "-j", "RETURN"],
         ]
         for request in sorted(set(self.settings.protect)):
-            rules.append(["-p", request.proto, "--dport", str(request.port), "-j", "DROP"])
-        # Knock ports: spa hears them before netfilter; everyone else sees nothing.
+            rules.append(["-p", request.proto, "--dport", str(request.port), *self.refusal(request.proto, version)])
+        # Knock ports: spa hears them before netfilter; everyone else is refused.
         for proto, low, high in sorted(set(self.settings.quiet)):
-            rules.append(["-p", proto, "--dport", f"{low}:{high}", "-j", "DROP"])
+            rules.append(["-p", proto, "--dport", f"{low}:{high}", *self.refusal(proto, version)])
         for rule in rules:
             self._run([tool, "-w", "-A", self.chain, *rule], f"add rule to {self.chain}")
         # Exactly one jump, at the top of INPUT: remove stale ones, then insert.
         self._remove_jumps(tool)
         self._run([tool, "-w", "-I", "INPUT", "1", "-j", self.chain], "hook the guard into INPUT")
+
+    def refusal(self, proto: str, version: int) -> list[str]:
+        """The target for a refused ``proto`` packet (nft_render.refusal, in iptables words).
+
+        REJECT goes through the same nf_reject code as nft's reject: RST
+        computed as the kernel's own, ICMP through icmp_send/icmpv6_send.
+        """
+        if self.settings.stealth == "drop":
+            return ["-j", "DROP"]
+        if proto == "tcp":
+            return ["-j", "REJECT", "--reject-with", "tcp-reset"]
+        return ["-j", "REJECT", "--reject-with", "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable"]
 
     def _remove_jumps(self, tool: str) -> None:
         for _ in range(MAX_STALE_JUMPS):
@@ -127,7 +155,7 @@ class IptablesBackend:
     def repair(self) -> None:
         """install() again: it flushes and refills the chain, puts back one
         jump, and creates only missing sets (members, the grants, stay)."""
-        self.install()
+        self._install()
 
     def _chain_rules(self, version: int) -> tuple[list[str], int]:
         """``-S`` lines defining our chain, and how many INPUT rules jump to it."""

@@ -7,8 +7,9 @@ no string from a packet or a config file is ever pasted into nft syntax raw.
 
 Layout (see docs/firewall.md):
 
-* guard table (permanent, not owned): drops the protected ports unless the
-  packet belongs to an established flow or carries spa's mark;
+* guard table (permanent, not owned): refuses the protected and knock ports
+  (RST / port unreachable, or a silent drop with ``stealth = "drop"``) unless
+  the packet belongs to an established flow or carries spa's mark;
 * grant table (``flags owner``): timeout sets of ``address . proto . port``
   and a chain, running before the guard on the same hook, that marks packets
   matching a set element. Single-use elements live in their own sets and are
@@ -80,16 +81,33 @@ def mark_hex(settings: FirewallSettings) -> str:
     return f"0x{settings.mark:08x}"
 
 
+def refusal(settings: FirewallSettings) -> list[str]:
+    """The rules of the guard's ``refuse`` chain: what a refused packet gets.
+
+    ``closed``: what the kernel sends for a port no socket uses. Its TCP code
+    answers every segment but a RST with a RST (nf_reject computes seq/ack
+    the same way and also ignores RSTs); its UDP code answers with ICMP or
+    ICMPv6 port unreachable through icmp_send/icmpv6_send, the very function
+    nf_reject calls, so the kernel's ICMP rate limits count both alike. Only
+    tcp and udp ever get here: the guard's sets name no other protocol.
+    ``drop``: nothing, for hosts that drop every closed port themselves.
+    """
+    if settings.stealth == "drop":
+        return ["drop"]
+    return ["meta l4proto tcp reject with tcp reset", "reject with icmpx type port-unreachable"]
+
+
 def guard_script(settings: FirewallSettings) -> str:
     """The guard table as an nft script that (re)creates it atomically.
 
     ``table X`` + ``delete table X`` + the definition make the script
     idempotent in one transaction: loading it twice, or over an older guard,
-    never leaves a moment without the drop rule. Usable as the boot-time file.
+    never leaves a moment without the refusing rule. Usable as the boot-time file.
 
-    Knock ports (``settings.quiet``) are dropped unconditionally, except for
+    Knock ports (``settings.quiet``) are refused unconditionally, except for
     replies to connections this host opened (an outgoing connection may use
-    a source port inside the one-time sequence range).
+    a source port inside the one-time sequence range). A refused packet goes
+    to the ``refuse`` chain (:func:`refusal`), the one place ``stealth`` acts.
     """
     t = f"{settings.family} {settings.guard_table}"
     ports = ", ".join(f"{r.proto_number} . {r.port}" for r in sorted(set(settings.protect)))
@@ -112,10 +130,13 @@ def guard_script(settings: FirewallSettings) -> str:
             f"\n"
         )
         other = "meta l4proto . th dport != @protected meta l4proto . th dport != @quiet accept"
-        quiet_rule = "\t\tmeta l4proto . th dport @quiet drop\n"
+        quiet_rule = "\t\tmeta l4proto . th dport @quiet jump refuse\n"
+    answer = "answers as an unused port does" if settings.stealth == "closed" else "answers nothing"
+    refuse = "".join(f"\t\t{rule}\n" for rule in refusal(settings))
     return (
-        f"# spa guard: drops {listed} unless spa granted the flow. Keep this\n"
-        f"# loaded at boot so the ports stay closed while spa is not running.\n"
+        f"# spa guard: refuses {listed} unless spa granted the flow; stealth =\n"
+        f"# {settings.stealth}: a refused packet {answer}. Keep this loaded\n"
+        f"# at boot so the ports stay closed while spa is not running.\n"
         f"table {t}\n"
         f"delete table {t}\n"
         f"table {t} {{\n"
@@ -125,13 +146,17 @@ def guard_script(settings: FirewallSettings) -> str:
         f"\t}}\n"
         f"\n"
         f"{quiet_set}"
+        f"\tchain refuse {{\n"
+        f"{refuse}"
+        f"\t}}\n"
+        f"\n"
         f"\tchain input {{\n"
         f"\t\ttype filter hook input priority {settings.guard_priority}; policy accept;\n"
         f"\t\t{other}\n"
         f"\t\tct state established,related accept\n"
         f"{quiet_rule}"
         f"\t\tmeta mark & {mark} == {mark} accept\n"
-        f"\t\tdrop\n"
+        f"\t\tjump refuse\n"
         f"\t}}\n"
         f"}}\n"
     )
@@ -267,3 +292,36 @@ def parse_tables(listing: str, family: str) -> set[str]:
         if len(parts) >= 3 and parts[0] == "table" and parts[1] == family:
             names.add(parts[2])
     return names
+
+
+def dropping_input_chains(listing: str) -> list[str]:
+    """``family table chain`` of each input-hook base chain whose policy is drop,
+    from ``nft list chains`` text output (iptables-nft's INPUT shows up here too)."""
+    found = []
+    table = chain = ""
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "table":
+            table, chain = f"{parts[1]} {parts[2]}", ""
+        elif len(parts) >= 2 and parts[0] == "chain":
+            chain = parts[1]
+        elif "hook input" in line and "policy drop" in line and chain:
+            found.append(f"{table} {chain}")
+    return found
+
+
+def stealth_contrast(settings: FirewallSettings, dropping: list[str]) -> str | None:
+    """A warning when ``stealth = "closed"`` makes spa's ports the odd ones out.
+
+    On a host whose own input policy drops, unused ports are silent
+    (``filtered``); a guard answering RST / port unreachable would then mark
+    exactly spa's ports. Only a chain *policy* is seen: a ruleset ending in
+    an explicit ``drop`` rule is not, and docs/firewall.md says so.
+    """
+    if settings.stealth != "closed" or not dropping:
+        return None
+    return (
+        f"stealth = \"closed\", but {', '.join(dropping)} drop{'s' if len(dropping) == 1 else ''} "
+        "by default: spa's ports answer as closed ports while the host's other closed ports "
+        "stay silent, so a scan picks them out; set [firewall] stealth = \"drop\""
+    )

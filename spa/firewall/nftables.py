@@ -52,6 +52,18 @@ class NftablesBackend:
         self._run(nft_render.guard_script(self.settings), "install the guard table")
         self.install_grant_table()
         self._installed = self._listings()
+        self._check_stealth()
+
+    def _check_stealth(self) -> None:
+        """Warn once, at install, if ``stealth`` stands out against the host's own policy."""
+        try:
+            listing = self._nft.run("list chains")
+        except NftError as error:  # only a warning is lost: the guard is in place
+            log.debug("cannot list chains to compare stealth with the host's policy: %s", error)
+            return
+        warning = nft_render.stealth_contrast(self.settings, nft_render.dropping_input_chains(listing))
+        if warning:
+            log.warning("%s", warning)
 
     def install_guard(self) -> None:
         self._run(nft_render.guard_script(self.settings), "install the guard table")

@@ -16,6 +16,9 @@ from spa.errors import SpaError
 
 BACKENDS = ("nftables", "iptables", "command", "dry-run")
 SINGLE_USE_BACKENDS = ("nftables", "dry-run")  # the others refuse every single-use grant
+# How the guard answers a packet it refuses: "closed" as the kernel answers an
+# unused port (TCP RST, ICMP port unreachable), "drop" not at all.
+STEALTH_MODES = ("closed", "drop")
 
 # nft identifiers and ipset/iptables chain names: keep them to a boring,
 # unquotable-safe alphabet so that no name can ever break out of a command.
@@ -60,10 +63,17 @@ class FirewallSettings:
         Requests whose grants always let exactly one new connection through
         (a Grant can also ask for this itself with ``single_use=True``).
     ``quiet``
-        Knock ports, as ``(proto, low, high)`` ranges: dropped for everyone,
-        always, so a scanner sees nothing there while spa still hears the
-        packets (it reads them before netfilter). Not a config option: the
-        server derives it from its carriers (UDP SPA port, sequence ports).
+        Knock ports, as ``(proto, low, high)`` ranges: refused for everyone,
+        always (as ``stealth`` says), while spa still hears the packets (it
+        reads them before netfilter). Not a config option: the server
+        derives it from its carriers (UDP SPA port, sequence ports).
+    ``stealth``
+        How the guard refuses a packet to a protected or knock port:
+        ``"closed"`` (default) answers as the kernel answers a port nobody
+        uses (TCP RST, ICMP/ICMPv6 port unreachable), so a scan cannot tell
+        spa's ports from unused ones on a host whose closed ports answer;
+        ``"drop"`` answers nothing, for hosts whose own input policy drops
+        by default (then every closed port looks ``filtered``).
     ``start_command`` / ``stop_command``
         For the command backend: argv lists (no shell) with ``%IP%``,
         ``%PORT%``, ``%PROTO%``, ``%SECONDS%`` and ``%KEY%`` substituted.
@@ -84,6 +94,7 @@ class FirewallSettings:
     owner: bool = True
     single_use: tuple[Request, ...] = ()
     quiet: tuple[tuple[str, int, int], ...] = ()
+    stealth: str = "closed"
     start_command: tuple[str, ...] = ()
     stop_command: tuple[str, ...] = ()
     ipset_binary: str = "ipset"
@@ -104,6 +115,8 @@ class FirewallSettings:
             raise FirewallSettingsError(
                 f"firewall backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}"
             )
+        if self.stealth not in STEALTH_MODES:
+            raise FirewallSettingsError(stealth_refusal(self.stealth))
         if self.family not in ("inet",):
             # ip/ip6 tables would need two guards; inet is in every kernel spa supports.
             raise FirewallSettingsError(f"firewall family must be inet, not {self.family!r}")
@@ -169,3 +182,8 @@ class FirewallSettings:
 def single_use_refusal(backend: str) -> str:
     """Why single-use grants cannot be asked of ``backend`` (the loader says it at load, not at each grant)."""
     return f"the {backend} backend cannot do single-use grants (use nftables)"
+
+
+def stealth_refusal(value: object) -> str:
+    """Why ``value`` is no stealth mode (the config loader names file, line and option with it)."""
+    return f"stealth must be one of {', '.join(map(repr, STEALTH_MODES))}, not {value!r}"

@@ -65,7 +65,7 @@ def resend(k: Knocking, pattern: str, source: str = "alice") -> None:
 
 
 def closes(k: Knocking, timeout: float = GRANT + 3.0) -> bool:
-    return wait_until(lambda: k.probe() == "dropped", timeout, interval=0.1)
+    return wait_until(lambda: k.probe() == "refused", timeout, interval=0.1)
 
 
 def gone(pid: int) -> bool:
@@ -90,19 +90,19 @@ def test_deleted_or_flushed_guard_is_put_back_and_knocks_still_work(knocking: Kn
     k.world.server.run(["nft", "delete", "table", "inet", "spa_guard"])
     assert k.served.wait_log("restored spa's firewall rules", 5), k.served.log()
     assert "removed or changed by someone else: the guard table inet spa_guard is missing" in k.served.log()
-    assert k.probe() == "dropped"
+    assert k.probe() == "refused"
 
     k.world.server.run(["nft", "flush", "chain", "inet", "spa_guard", "input"])
     assert wait_until(lambda: k.served.log().count("restored spa's firewall rules") == 2, 5), k.served.log()
     assert "the guard table inet spa_guard was changed" in k.served.log()
-    assert k.probe() == "dropped"
+    assert k.probe() == "refused"
 
     # A flushed ruleset takes the guard; the grant table is owned by spa's
     # socket and survives, so its grants do too.
     k.world.server.run(["nft", "flush", "ruleset"])
     assert wait_until(lambda: k.served.log().count("restored spa's firewall rules") == 3, 5), k.served.log()
     assert "grant chain" not in k.served.log() and "grants live until now were lost" not in k.served.log()
-    assert k.probe() == "dropped"
+    assert k.probe() == "refused"
 
     knock(k)
     assert k.opens(), k.served.log()
@@ -151,7 +151,7 @@ def test_iptables_guard_flushed_or_unhooked_is_put_back(world: World, request: p
     world.server.run(["iptables", "-w", "-F", "spa_guard"])
     assert served.wait_log("restored spa's firewall rules", 5), served.log()
     assert "iptables chain spa_guard was changed" in served.log()
-    assert k.probe() == "dropped"
+    assert k.probe() == "refused"
     world.server.run(["ip6tables", "-w", "-D", "INPUT", "-j", "spa_guard"])
     assert wait_until(lambda: served.log().count("restored spa's firewall rules") == 2, 5), served.log()
     assert "ip6tables INPUT has 0 jumps to spa_guard (want 1)" in served.log()
@@ -253,7 +253,7 @@ def test_killed_supervisor_restarts_with_the_guard_and_the_replay_state(prepared
     assert "spa_guard" in tables(k)
     if owner:
         assert "spa_grant" not in tables(k)
-        assert k.probe() == "dropped", "the grant outlived the killed daemon"
+        assert k.probe() == "refused", "the grant outlived the killed daemon"
     else:
         assert "spa_grant" in tables(k)
         assert k.probe() == "open", "a grant the kernel holds ended early"  # until its 30 s are up
@@ -261,11 +261,11 @@ def test_killed_supervisor_restarts_with_the_guard_and_the_replay_state(prepared
     k.served.log_path.rename(k.served.log_path.with_suffix(".before-kill"))
     k.served.start()
     assert "spa_grant" in tables(k) and "spa_guard" in tables(k)
-    assert k.probe() == "dropped", "a grant from before the kill survived the restart"
+    assert k.probe() == "refused", "a grant from before the kill survived the restart"
     resend(k, pattern)  # the same knock again, from alice and from bob
     resend(k, pattern, "bob")
     assert k.served.wait_log("replayed token", 5), k.served.log()
-    assert k.probe() == "dropped" and k.probe(k.bob) == "dropped"
+    assert k.probe() == "refused" and k.probe(k.bob) == "refused"
     knock(k, int(time.time()) + 1)
     assert k.opens(), k.served.log()
 
@@ -303,7 +303,7 @@ def test_full_or_read_only_state_directory_refuses_knocks_and_says_why(
     knock(k)
     assert k.served.wait_log("replay state not writable (", 5), k.served.log()
     assert "No space left on device" in k.served.log()
-    assert k.probe() == "dropped"
+    assert k.probe() == "refused"
     assert "accepted" not in k.served.log()
 
     filler.unlink()
@@ -368,7 +368,7 @@ def test_clock_stepped_forward_then_back(prepared: Knocking, request: pytest.Fix
     assert k.served.wait_log("the system clock stepped back by ", 5), k.served.log()
     resend(k, pattern)
     assert k.served.wait_log("replayed token", 5), k.served.log()
-    assert k.probe() == "dropped"
+    assert k.probe() == "refused"
     knock(k, int(time.time()) + 2)
     assert k.opens(), k.served.log()
     assert k.served.process is not None and k.served.process.poll() is None

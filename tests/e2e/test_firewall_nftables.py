@@ -20,26 +20,26 @@ def grant(scene: Scene, address: str = ALICE4, seconds: int = 2, **extra: object
 
 def test_open_only_for_that_address_and_port_until_expiry(nft_scene: Scene) -> None:
     s = nft_scene
-    assert s.probe(s.alice) == "dropped"
+    assert s.probe(s.alice) == "refused"
     made = grant(s, seconds=2)
     assert s.probe(s.alice) == "open"
-    assert s.probe(s.alice, OTHER_PORT) == "dropped", "grant leaked to another port"
-    assert s.probe(s.bob) == "dropped", "grant leaked to another address"
-    assert s.probe(s.alice, version=6) == "dropped", "v4 grant leaked to alice's v6 address"
+    assert s.probe(s.alice, OTHER_PORT) == "refused", "grant leaked to another port"
+    assert s.probe(s.bob) == "refused", "grant leaked to another address"
+    assert s.probe(s.alice, version=6) == "refused", "v4 grant leaked to alice's v6 address"
     time.sleep(max(0.0, made + 2.3 - time.monotonic()))
-    assert s.probe(s.alice) == "dropped", "grant outlived its timeout"
+    assert s.probe(s.alice) == "refused", "grant outlived its timeout"
     assert s.server.call("live")["grants"] == []
 
 
 def test_ipv6_grant(nft_scene: Scene) -> None:
     s = nft_scene
-    assert s.probe(s.alice, version=6) == "dropped"
+    assert s.probe(s.alice, version=6) == "refused"
     grant(s, ALICE6, seconds=3)
     assert s.probe(s.alice, version=6) == "open"
-    assert s.probe(s.alice, version=4) == "dropped"
-    assert s.probe(s.bob, version=6) == "dropped"
+    assert s.probe(s.alice, version=4) == "refused"
+    assert s.probe(s.bob, version=6) == "refused"
     s.server.call("revoke", address=ALICE6, request=f"tcp/{SERVICE_PORT}")
-    assert s.probe(s.alice, version=6) == "dropped"
+    assert s.probe(s.alice, version=6) == "refused"
 
 
 def test_regrant_renews_the_timeout(nft_scene: Scene) -> None:
@@ -59,7 +59,7 @@ def test_single_use_admits_exactly_one_new_connection(nft_scene: Scene) -> None:
     grant(s, seconds=5, single_use=True)
     assert s.server.call("live")["grants"][0]["single_use"] is True
     assert s.probe(s.alice) == "open"
-    assert s.probe(s.alice) == "dropped", "a second connection used a single-use grant"
+    assert s.probe(s.alice) == "refused", "a second connection used a single-use grant"
     assert s.server.call("live")["grants"] == []
 
 
@@ -86,12 +86,12 @@ def test_grants_go_by_raw_netlink_and_read_back_as_nft_writes_them(nft_scene: Sc
     live = {g["address"]: g for g in s.server.call("live")["grants"]}
     assert live[ALICE4]["key"] == "alice" and live[ALICE4]["single_use"] is False
     assert live[ALICE6]["key"] == "bob" and live[ALICE6]["single_use"] is True
-    assert s.probe(s.alice) == "open" and s.probe(s.bob) == "dropped"
+    assert s.probe(s.alice) == "open" and s.probe(s.bob) == "refused"
     # The fast path holds a duplicate of the owning socket: closing the
     # backend must still end the owned table, and with it every grant.
     s.server.call("close")
     assert "spa_grant" not in nft_tables(s.world)
-    assert s.probe(s.alice) == "dropped"
+    assert s.probe(s.alice) == "refused"
 
 
 def nft_tables(world: World) -> set[str]:
@@ -121,7 +121,7 @@ def test_sigkill_never_leaves_the_port_open(world: World, owner: bool) -> None:
     assert "spa_guard" in nft_tables(world)
     if owner:
         assert "spa_grant" not in nft_tables(world), "owned table outlived its owner"
-        assert s.probe(s.alice) == "dropped"
+        assert s.probe(s.alice) == "refused"
     else:
         assert "spa_grant" in nft_tables(world)
         if time.monotonic() < made + 2.5:  # still inside the grant: kernel keeps it
@@ -130,8 +130,8 @@ def test_sigkill_never_leaves_the_port_open(world: World, owner: bool) -> None:
 
     # Bounded wait for the grant's timeout; then closed, session still alive.
     assert wait_until(lambda: time.monotonic() > made + 3.3, timeout=5)
-    assert s.probe(s.alice) == "dropped"
-    assert s.probe(s.bob) == "dropped"
+    assert s.probe(s.alice) == "refused"
+    assert s.probe(s.bob) == "refused"
     assert s.alice.call("echo", id="kept", data="after expiry")["data"] == "after expiry"
     assert time.monotonic() - killed < 10
 
@@ -151,7 +151,7 @@ def test_coexists_with_a_foreign_ruleset(world: World, tmp_path: Path) -> None:
     assert {"host_fw", "nat_like", "spa_guard", "spa_grant"} <= nft_tables(world)
     grant(s, seconds=3)
     assert s.probe(s.alice) == "open"
-    assert s.probe(s.bob) == "dropped"
+    assert s.probe(s.bob) == "refused"
     s.server.call("uninstall")
     tables = nft_tables(world)
     assert {"host_fw", "nat_like"} <= tables and not tables & {"spa_guard", "spa_grant"}
@@ -186,7 +186,7 @@ def test_boot_file_closes_ports_without_spa(world: World, tmp_path: Path) -> Non
     assert alice.probe("10.77.1.1", SERVICE_PORT) == "open"
     for _ in range(2):  # loading it again (reboot, reload) must be harmless
         world.server.run(["nft", "-f", path])
-    assert alice.probe("10.77.1.1", SERVICE_PORT) == "dropped"
-    assert alice.probe("fd77:1::1", SERVICE_PORT) == "dropped"
+    assert alice.probe("10.77.1.1", SERVICE_PORT) == "refused"
+    assert alice.probe("fd77:1::1", SERVICE_PORT) == "refused"
     run_cli(world, "firewall", "uninstall")
     assert alice.probe("10.77.1.1", SERVICE_PORT) == "open"

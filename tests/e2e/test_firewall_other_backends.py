@@ -19,15 +19,15 @@ def grant(scene: Scene, address: str = ALICE4, seconds: int = 2, **extra: object
 
 def test_iptables_round_trip(iptables_scene: Scene) -> None:
     s = iptables_scene
-    assert s.probe(s.alice) == "dropped"
+    assert s.probe(s.alice) == "refused"
     made = grant(s, seconds=2)
     assert s.probe(s.alice) == "open"
-    assert s.probe(s.alice, OTHER_PORT) == "dropped"
-    assert s.probe(s.bob) == "dropped"
+    assert s.probe(s.alice, OTHER_PORT) == "refused"
+    assert s.probe(s.bob) == "refused"
     [live] = s.server.call("live")["grants"]
     assert (live["address"], live["request"], live["key"]) == (ALICE4, "tcp/22", "alice")
     time.sleep(max(0.0, made + 2.3 - time.monotonic()))
-    assert s.probe(s.alice) == "dropped"
+    assert s.probe(s.alice) == "refused"
 
 
 def test_iptables_ipv6_renewal_and_revoke(iptables_scene: Scene) -> None:
@@ -37,9 +37,9 @@ def test_iptables_ipv6_renewal_and_revoke(iptables_scene: Scene) -> None:
     renewed = grant(s, ALICE6, seconds=3)
     time.sleep(max(0.0, renewed + 1.5 - time.monotonic()))
     assert s.probe(s.alice, version=6) == "open"  # 2.7 s after the first grant
-    assert s.probe(s.alice, version=4) == "dropped"
+    assert s.probe(s.alice, version=4) == "refused"
     s.server.call("revoke", address=ALICE6, request=f"tcp/{SERVICE_PORT}")
-    assert s.probe(s.alice, version=6) == "dropped"
+    assert s.probe(s.alice, version=6) == "refused"
 
 
 def test_iptables_reinstall_is_idempotent_and_uninstall_clean(iptables_scene: Scene) -> None:

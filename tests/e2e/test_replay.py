@@ -125,8 +125,8 @@ class Replays:
         for knock in self.knocks:
             assert log.count(f"accepted {knock.key} via {knock.carrier}") == 1, log
         assert live_grants(self.k.served, self.k.world.server) == []
-        assert self.k.probe(self.k.bob) == "dropped", "a replay opened the port for bob"
-        assert self.k.probe() == "dropped", "a replay opened the port for alice again"
+        assert self.k.probe(self.k.bob) == "refused", "a replay opened the port for bob"
+        assert self.k.probe() == "refused", "a replay opened the port for alice again"
 
     def replayed(self, offset: int) -> None:
         """Every capture, from its origin and from bob, is logged as a replayed token."""
@@ -291,7 +291,7 @@ def test_a_copy_at_once_is_a_duplicate_from_its_origin_and_refused_from_bob(repl
     for knock in r.knocks:
         assert log.count(f"accepted {knock.key} via {knock.carrier}") == 1, log
     assert {grant.address for grant in live_grants(r.k.served, r.k.world.server)} <= {ALICE}
-    assert r.k.probe(r.k.bob) == "dropped", "a copy opened the port for bob"
+    assert r.k.probe(r.k.bob) == "refused", "a copy opened the port for bob"
 
 
 def test_copies_later_in_the_window_are_replays_from_anywhere(replays: Replays) -> None:
@@ -315,7 +315,7 @@ def test_copies_after_sigkill_of_spa_and_its_worker_are_replays(replays: Replays
     os.kill(worker, signal.SIGKILL)
     served.process.wait(timeout=10)
     assert wait_until(lambda: not running(worker), 5, 0.05)
-    assert r.k.probe() == "dropped"  # the guard stays while spa is down
+    assert r.k.probe() == "refused"  # the guard stays while spa is down
     served.start()
     r.copies_are_replays()
 
@@ -339,7 +339,7 @@ def test_copies_after_sigkill_of_the_supervisor_are_replays(replays: Replays) ->
     served.signal(signal.SIGKILL)
     served.process.wait(timeout=10)
     assert wait_until(lambda: not running(worker), 3, 0.05), "the worker outlived SIGKILL of spa"
-    assert r.k.probe() == "dropped"
+    assert r.k.probe() == "refused"
     served.start()
     r.copies_are_replays()
 
@@ -366,7 +366,7 @@ def test_copies_after_a_clean_restart_are_replays(replays: Replays) -> None:
     else:  # a slow restart: past the repeat window the same copy is a replay
         r.await_lines(offset, {f"rejected key fresh from {ALICE} via icmp: replayed token": 1})
     assert r.log().count("accepted fresh via icmp") == 1
-    assert k.probe() == "dropped", "the grant the restart ended came back"
+    assert k.probe() == "refused", "the grant the restart ended came back"
     r.copies_are_replays()
 
 
@@ -401,13 +401,13 @@ def test_a_fixed_sequence_copy_opens_for_whoever_sends_it(replays: Replays) -> N
         k.world.alice.run(["knock", "-d", "50", SERVER, "7000", "8000:udp", "9000"], check=False)
     opened = f"accepted sequence:office via sequence: {{}} tcp/22 for {GRANT} s"
     assert k.served.wait_log(opened.format(ALICE), 5), k.served.log()
-    assert k.probe(k.bob) == "dropped"
+    assert k.probe(k.bob) == "refused"
     assert k.bob.call("resend", pcap=str(pcap), source=BOB, destination=BOB_SERVER)["sent"] == 3
     assert k.served.wait_log(opened.format(BOB), 5), k.served.log()
     assert wait_until(lambda: k.probe(k.bob) == "open", 3, 0.05), "bob's copy of the fixed sequence did not open"
     assert [grant.who for grant in live_grants(k.served, k.world.server) if grant.address == BOB] == ["sequence:office"]
-    assert k.probe(k.bob, port=2222) == "dropped"  # the sequence opens tcp/22 only
+    assert k.probe(k.bob, port=2222) == "refused"  # the sequence opens tcp/22 only
     # And alice's own copy, once her grant is gone, is one more grant (no ledger, no duplicate).
-    assert wait_until(lambda: k.probe() == "dropped", GRANT + 3, 0.1)
+    assert wait_until(lambda: k.probe() == "refused", GRANT + 3, 0.1)
     assert k.alice.call("resend", pcap=str(pcap))["sent"] == 3
     assert wait_until(lambda: k.served.log().count(opened.format(ALICE)) == 2, 5, 0.05), k.served.log()

@@ -62,10 +62,10 @@ def test_udp_datagram_opens_two_ports(knocking: Knocking) -> None:
 
 def test_udp_datagram_over_ipv6(knocking: Knocking) -> None:
     k = knocking
-    assert k.alice.probe("fd77:1::1", 22) == "dropped"
+    assert k.alice.probe("fd77:1::1", 22) == "refused"
     client(k, "fd77:1::1")
     assert wait_until(lambda: k.alice.probe("fd77:1::1", 22) == "open", 3, 0.05), k.served.log()
-    assert k.probe() == "dropped", "an IPv6 knock opened IPv4"
+    assert k.probe() == "refused", "an IPv6 knock opened IPv4"
 
 
 def test_dns_query_straight_to_the_server(knocking: Knocking) -> None:
@@ -129,5 +129,5 @@ def test_stale_knocks_open_nothing(knocking: Knocking) -> None:
     client(k, "--at", stale, "--via", "dns", "--dns-server", SERVER)
     assert wait_until(lambda: k.served.log().count("outside time window") >= 2, 3), k.served.log()
     time.sleep(0.3)
-    assert k.probe() == "dropped"
+    assert k.probe() == "refused"
     assert "accepted" not in k.served.log()

@@ -27,6 +27,7 @@ def test_init_writes_a_config_that_loads(server: Path) -> None:
     # Knock ports are dropped by the guard without being configured there.
     assert loaded.firewall.quiet == (("tcp", 20000, 59999), ("udp", 20000, 59999), ("udp", 62201, 62201))
     assert loaded.gate.time_window == 60 and loaded.keys_dir.is_dir()
+    assert loaded.firewall.stealth == "closed"
     assert oct(os.stat(loaded.secret_file).st_mode & 0o777) == "0o600"
 
 
@@ -45,6 +46,8 @@ def _edit(path: Path, old: str, new: str) -> int:
         ("seconds = 30 ", "seconds = \"30\" ", "policy.seconds", "positive whole number"),
         ('protect = ["tcp/22", "tcp/3389"]', 'protect = ["tcp/70000"]', "firewall.protect", "port must be 1-65535"),
         ('backend = "dry-run"', 'backend = "pf"', "firewall.backend", "expected one of"),
+        ('stealth = "closed"', 'stealth = "reject"', "firewall.stealth", "stealth must be one of 'closed', 'drop'"),
+        ('stealth = "closed"', "stealth = true", "firewall.stealth", "not True"),
         ('sequence_ports = "20000-59999"', 'sequence_ports = "20000"', "otp.sequence_ports", "range"),
         ('carriers = ["icmp", "dns", "udp", "sequence"]', 'carriers = ["smoke"]', "policy.carriers", "not a valid"),
         ('sources = ["0.0.0.0/0", "::/0"]', 'sources = ["10.0.0.0/33"]', "policy.sources", "10.0.0.0/33"),
@@ -284,7 +287,8 @@ _scalars = st.one_of(
     st.floats().map(_toml_float),
     st.text(max_size=24).map(json.dumps),
     st.sampled_from(['"tcp/22"', '"udp/53"', '"tcp/3389"', '"tcp/0"', '"0.0.0.0/0"', '"::/0"', '"fe80::1%eth0"',
-                     '"20000-59999"', '"1-2"', '"knock.example.test"', '"nftables"', '"dns"', '"sniff"', '""']),
+                     '"20000-59999"', '"1-2"', '"knock.example.test"', '"nftables"', '"dns"', '"sniff"', '""',
+                     '"closed"', '"drop"']),
 )
 toml_values = st.recursive(
     _scalars,

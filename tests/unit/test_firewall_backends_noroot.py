@@ -13,7 +13,9 @@ from spa.core.events import Carrier, Grant, Request
 from spa.firewall import FirewallError, FirewallSettings
 from spa.firewall.command import CommandBackend, substitute
 from spa.firewall.dryrun import DryRunBackend
-from spa.firewall.iptables import parse_save
+import subprocess
+
+from spa.firewall.iptables import IptablesBackend, parse_save
 
 SSH = Request("tcp", 22)
 ALICE = ipaddress.ip_address("192.0.2.7")
@@ -128,3 +130,67 @@ def test_parse_ipset_save() -> None:
     grants = parse_save(text)
     assert [(str(g.address), str(g.request), g.seconds_left, g.key) for g in grants] == [
         ("10.0.0.2", "tcp/22", 8.0, "alice"), ("fd00::2", "udp/53", 4.0, None)]
+
+
+class FakeIptablesCall:
+    """Stands in for IptablesBackend._call: records argv, answers ``-S INPUT`` with ``policy``."""
+
+    def __init__(self, policy: str = "ACCEPT") -> None:
+        self.argv: list[list[str]] = []
+        self.policy = policy
+
+    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        self.argv.append(list(argv))
+        out = f"-P INPUT {self.policy}\n" if list(argv[-2:]) == ["-S", "INPUT"] else ""
+        return subprocess.CompletedProcess(list(argv), 0, out, "")
+
+    def rules(self, tool: str) -> list[list[str]]:
+        return [argv[4:] for argv in self.argv if argv[0] == tool and argv[2:4] == ["-A", "spa_guard"]]
+
+
+IPTABLES_SETTINGS = {"backend": "iptables", "protect": (SSH, Request("udp", 53)),
+                     "quiet": (("udp", 62201, 62201), ("tcp", 20000, 59999))}
+
+
+@pytest.mark.parametrize(
+    ("stealth", "tcp", "udp4", "udp6"),
+    [
+        ("closed", ["-j", "REJECT", "--reject-with", "tcp-reset"],
+         ["-j", "REJECT", "--reject-with", "icmp-port-unreachable"],
+         ["-j", "REJECT", "--reject-with", "icmp6-port-unreachable"]),
+        ("drop", ["-j", "DROP"], ["-j", "DROP"], ["-j", "DROP"]),
+    ],
+)
+def test_iptables_guard_refuses_as_stealth_says(monkeypatch: pytest.MonkeyPatch, stealth: str,
+                                                tcp: list[str], udp4: list[str], udp6: list[str]) -> None:
+    recorder = FakeIptablesCall()
+    monkeypatch.setattr(IptablesBackend, "_call", staticmethod(recorder))
+    IptablesBackend(FirewallSettings(**IPTABLES_SETTINGS, stealth=stealth)).install()  # type: ignore[arg-type]
+    accepted = [["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]]
+    for tool, set_name, udp in (("iptables", "spa_grant4", udp4), ("ip6tables", "spa_grant6", udp6)):
+        assert recorder.rules(tool) == [
+            *accepted,
+            ["-m", "set", "--match-set", set_name, "src,dst", "-j", "RETURN"],
+            ["-p", "tcp", "--dport", "22", *tcp],
+            ["-p", "udp", "--dport", "53", *udp],
+            ["-p", "tcp", "--dport", "20000:59999", *tcp],
+            ["-p", "udp", "--dport", "62201:62201", *udp],
+        ], tool
+
+
+@pytest.mark.parametrize(("stealth", "policy", "warned"),
+                         [("closed", "DROP", True), ("closed", "ACCEPT", False), ("drop", "DROP", False)])
+def test_iptables_warns_when_closed_meets_a_default_drop_input(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        stealth: str, policy: str, warned: bool) -> None:
+    monkeypatch.setattr(IptablesBackend, "_call", staticmethod(FakeIptablesCall(policy)))
+    backend = IptablesBackend(FirewallSettings(**IPTABLES_SETTINGS, stealth=stealth))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="spa.firewall.iptables"):
+        backend.install()
+        caplog_install = [r.getMessage() for r in caplog.records]
+        backend.repair()  # said once, at install; a repair does not say it again
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == caplog_install
+    assert bool(messages) == warned, messages
+    if warned:
+        assert "iptables INPUT, ip6tables INPUT drop by default" in messages[0]

@@ -55,6 +55,22 @@ def test_install_output_writes_the_boot_file(tmp_path: Path) -> None:
     text = target.read_text()
     assert "table inet spa_guard {" in text and "6 . 2222" in text
     assert oct(target.stat().st_mode & 0o777) == "0o644"
+    assert "reject with tcp reset" in text  # stealth = "closed", the default
+
+
+@pytest.mark.parametrize(("stealth", "refusal"), [("closed", "reject with tcp reset"), ("drop", "chain refuse {\n\t\tdrop\n")])
+def test_the_boot_file_follows_the_configs_stealth(tmp_path: Path, stealth: str, refusal: str) -> None:
+    from spa.cli import main
+
+    assert main(["init", "--dir", str(tmp_path), "--protect", "tcp/22", "--backend", "dry-run"]) == 0
+    config = tmp_path / "spa.toml"
+    config.write_text(config.read_text().replace('stealth = "closed"', f'stealth = "{stealth}"', 1))
+    target = tmp_path / "spa-guard.nft"
+    args = parse("firewall", "install", "--config", str(config), "--output", str(target))
+    assert args.func(args) == 0
+    text = target.read_text()
+    assert refusal in text and ("reject" in text) == (stealth == "closed")
+    assert "@quiet jump refuse" in text  # the knock ports the config derives, refused the same way
 
 
 def test_status_with_dry_run(capsys: pytest.CaptureFixture[str]) -> None:

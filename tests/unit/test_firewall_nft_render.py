@@ -21,19 +21,88 @@ def make_grant(address: str = "192.0.2.7", seconds: int = 30, key: str = "alice"
     return Grant(ipaddress.ip_address(address), request, seconds, key, Carrier.DNS)
 
 
-def test_guard_drops_protected_ports_unless_established_or_marked() -> None:
+def chain(script: str, name: str) -> list[str]:
+    """The rules of chain ``name`` in a rendered guard, one stripped line each."""
+    body = script.split(f"chain {name} {{\n")[1].split("\t}")[0]
+    return [line.strip() for line in body.splitlines() if line.strip()]
+
+
+def test_guard_refuses_protected_ports_unless_established_or_marked() -> None:
     script = nft_render.guard_script(SETTINGS)
     assert "table inet spa_guard {" in script
     assert "flags owner" not in script  # the guard must outlive the daemon
     assert "elements = { 6 . 22, 6 . 3389, 17 . 53 }" in script
-    rules = [line.strip() for line in script.split("chain input {")[1].splitlines()]
-    assert rules[1:6] == [
+    assert chain(script, "input") == [
         "type filter hook input priority 0; policy accept;",
         "meta l4proto . th dport != @protected accept",
         "ct state established,related accept",
         "meta mark & 0x53500000 == 0x53500000 accept",
-        "drop",
+        "jump refuse",
     ]
+
+
+def test_stealth_closed_answers_as_an_unused_port_and_drop_answers_nothing() -> None:
+    # closed (the default): a RST for TCP, port unreachable (ICMP or ICMPv6) for the rest (UDP).
+    assert chain(nft_render.guard_script(SETTINGS), "refuse") == [
+        "meta l4proto tcp reject with tcp reset",
+        "reject with icmpx type port-unreachable",
+    ]
+    dropping = FirewallSettings(protect=SETTINGS.protect, stealth="drop")
+    assert chain(nft_render.guard_script(dropping), "refuse") == ["drop"]
+    # Only the refusal differs between the modes: what is accepted stays the same.
+    assert chain(nft_render.guard_script(dropping), "input") == chain(nft_render.guard_script(SETTINGS), "input")
+    assert "stealth =\n# drop" in nft_render.guard_script(dropping)  # the boot file says which
+
+
+@pytest.mark.parametrize("stealth", ["closed", "drop"])
+def test_knock_ports_are_refused_like_protected_ones(stealth: str) -> None:
+    settings = FirewallSettings(protect=(SSH,), quiet=(("udp", 62201, 62201), ("tcp", 20000, 59999)),
+                                stealth=stealth)
+    script = nft_render.guard_script(settings)
+    assert "flags interval" in script and "elements = { 6 . 20000-59999, 17 . 62201 }" in script
+    assert "@quiet" not in nft_render.guard_script(SETTINGS)
+    assert chain(script, "input") == [
+        "type filter hook input priority 0; policy accept;",
+        "meta l4proto . th dport != @protected meta l4proto . th dport != @quiet accept",
+        "ct state established,related accept",  # replies to our own connections from those ports
+        "meta l4proto . th dport @quiet jump refuse",  # before the mark: a knock port is never granted
+        "meta mark & 0x53500000 == 0x53500000 accept",
+        "jump refuse",
+    ]
+    assert chain(script, "refuse") == nft_render.refusal(settings)
+
+
+CHAINS = """table inet spa_guard {
+\tchain refuse {
+\t}
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t}
+}
+table ip filter {
+\tchain INPUT {
+\t\ttype filter hook input priority filter; policy drop;
+\t}
+\tchain OUTPUT {
+\t\ttype filter hook output priority filter; policy drop;
+\t}
+}
+table inet host {
+\tchain inbound {
+\t\ttype filter hook input priority 10; policy drop;
+\t}
+}
+"""
+
+
+def test_a_default_drop_host_policy_is_seen_and_closed_warned_about() -> None:
+    dropping = nft_render.dropping_input_chains(CHAINS)
+    assert dropping == ["ip filter INPUT", "inet host inbound"]  # not the output chain, not ours
+    warning = nft_render.stealth_contrast(SETTINGS, dropping)
+    assert warning is not None and "ip filter INPUT, inet host inbound drop by default" in warning
+    assert 'set [firewall] stealth = "drop"' in warning
+    assert nft_render.stealth_contrast(SETTINGS, []) is None
+    assert nft_render.stealth_contrast(FirewallSettings(stealth="drop"), dropping) is None
 
 
 def test_scripts_recreate_their_table_in_one_transaction() -> None:
@@ -135,21 +204,6 @@ def test_parse_live_reads_sets_back_soonest_first() -> None:
 def test_parse_tables_from_text_listing() -> None:
     listing = "table inet spa_guard\ntable inet spa_grant\ntable ip filter\ntable inet host_fw\n"
     assert nft_render.parse_tables(listing, "inet") == {"spa_guard", "spa_grant", "host_fw"}
-
-
-def test_guard_drops_knock_ports_but_lets_replies_through() -> None:
-    quiet = FirewallSettings(protect=(SSH,), quiet=(("udp", 62201, 62201), ("tcp", 20000, 59999)))
-    script = nft_render.guard_script(quiet)
-    assert "flags interval" in script
-    assert "elements = { 6 . 20000-59999, 17 . 62201 }" in script
-    rules = [line.strip() for line in script.split("chain input {")[1].splitlines()]
-    # Replies to our own connections (established) pass before the quiet drop.
-    assert rules[2:5] == [
-        "meta l4proto . th dport != @protected meta l4proto . th dport != @quiet accept",
-        "ct state established,related accept",
-        "meta l4proto . th dport @quiet drop",
-    ]
-    assert "@quiet" not in nft_render.guard_script(SETTINGS)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ def test_defaults_guard_ssh_with_nftables() -> None:
         "spa_guard", "spa_grant", "inet")
     assert settings.grant_priority < settings.guard_priority
     assert settings.owner
+    assert settings.stealth == "closed"  # refused ports answer as unused ones
 
 
 def test_lists_become_tuples() -> None:
@@ -41,6 +42,8 @@ def test_lists_become_tuples() -> None:
         ({"protect": ("tcp/22",)}, "not a proto/port request"),
         ({"single_use": (Request("tcp", 80),)}, "not protected: tcp/80"),
         ({"backend": "command"}, "needs start_command"),
+        ({"stealth": "reject"}, "stealth must be one of 'closed', 'drop', not 'reject'"),
+        ({"stealth": ""}, "stealth must be one of"),
     ],
 )
 def test_refuses_settings_that_cannot_work(changes: dict[str, object], message: str) -> None:

@@ -41,12 +41,12 @@ class Knocking:
         return wait_until(lambda: self.probe(port=port) == "open", timeout, interval=0.05)
 
     def closed_before(self) -> None:
-        assert self.probe() == "dropped", "the protected port answered before any knock"
+        assert self.probe() == "refused", "the protected port answered before any knock"
 
     def only_alice(self, other_port_closed: bool = True) -> None:
-        assert self.probe(self.bob) == "dropped", "the grant leaked to another address"
+        assert self.probe(self.bob) == "refused", "the grant leaked to another address"
         if other_port_closed:
-            assert self.probe(port=2222) == "dropped", "the grant leaked to another port"
+            assert self.probe(port=2222) == "refused", "the grant leaked to another port"
 
     def alice_runs(self, *argv: str) -> str:
         """Run a command in alice's namespace; its stdout and stderr."""
