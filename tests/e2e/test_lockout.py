@@ -67,10 +67,12 @@ def test_guessing_codes_locks_out_the_source_then_spends_the_key_budget(knocking
     code = totp(k)
     guesses = wrong_codes(code, PER_KEY + 3)
     source_line = (f"rejected key alice from {ALICE} via dns: wrong one-time code (code does not match; "
-                   f"{PER_KEY - PER_SOURCE} of {PER_KEY} wrong codes left for this key; source locked out")
+                   f"{PER_KEY - PER_SOURCE} of {PER_KEY} wrong codes left for this key")
     for guess in guesses[:PER_SOURCE]:
         dig(k, otp.to_label("alice", guess))
     assert k.served.wait_log(source_line, 5), k.served.log()
+    line = next(line for line in k.served.log().splitlines() if source_line in line)
+    assert line.endswith("; source locked out for 300 s)"), line
 
     # The right code from the locked-out source is refused, and says why.
     dig(k, otp.to_label("alice", code.now()))
