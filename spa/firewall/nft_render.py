@@ -89,12 +89,15 @@ def refusal(settings: FirewallSettings) -> list[str]:
     the same way and also ignores RSTs); its UDP code answers with ICMP or
     ICMPv6 port unreachable through icmp_send/icmpv6_send, the very function
     nf_reject calls, so the kernel's ICMP rate limits count both alike. Only
-    tcp and udp ever get here: the guard's sets name no other protocol.
+    tcp and udp ever get here (the guard accepts every other protocol first).
+    A UDP header whose length field is under 8 the kernel drops unanswered,
+    and so does this chain; one whose length runs past the packet it drops
+    too, which nft cannot see (docs/firewall.md, "Residual differences").
     ``drop``: nothing, for hosts that drop every closed port themselves.
     """
     if settings.stealth == "drop":
         return ["drop"]
-    return ["meta l4proto tcp reject with tcp reset", "reject with icmpx type port-unreachable"]
+    return ["udp length < 8 drop", "meta l4proto tcp reject with tcp reset", "reject with icmpx type port-unreachable"]
 
 
 def guard_script(settings: FirewallSettings) -> str:
@@ -152,10 +155,16 @@ def guard_script(settings: FirewallSettings) -> str:
         f"\n"
         f"\tchain input {{\n"
         f"\t\ttype filter hook input priority {settings.guard_priority}; policy accept;\n"
+        # Not ours: the kernel answers other protocols as it would (a packet
+        # too short to hold ports must not fall through to the refusal).
+        f"\t\tmeta l4proto != {{ tcp, udp }} accept\n"
         f"\t\t{other}\n"
         f"\t\tct state established,related accept\n"
         f"{quiet_rule}"
         f"\t\tmeta mark & {mark} == {mark} accept\n"
+        # The flow a single-use grant admitted: its later packets before any
+        # reply (UDP stays "new" until then) belong to it, not to a new flow.
+        f"\t\tct mark & {mark} == {mark} accept\n"
         f"\t\tjump refuse\n"
         f"\t}}\n"
         f"}}\n"
@@ -179,6 +188,7 @@ def grant_script(settings: FirewallSettings) -> str:
         for (version, _once), name in SETS.items()
     )
     setmark = f"meta mark set meta mark | {mark}"
+    setconn = f"ct mark set ct mark | {mark}"
     key4 = "ip saddr . meta l4proto . th dport"
     key6 = "ip6 saddr . meta l4proto . th dport"
     # The placeholder must carry the same flags: the kernel refuses to change
@@ -196,8 +206,10 @@ def grant_script(settings: FirewallSettings) -> str:
         f"\t\t{key6} @grants6 {setmark}\n"
         # Only a new flow may consume a single-use element: packets of an
         # older session from the same host must not use it up.
-        f"\t\tct state new {key4} @once4 delete @once4 {{ {key4} }} {setmark}\n"
-        f"\t\tct state new {key6} @once6 delete @once6 {{ {key6} }} {setmark}\n"
+        # The connection it admitted is marked too (the guard accepts its
+        # later packets): one connection, however many packets it opens with.
+        f"\t\tct state new {key4} @once4 delete @once4 {{ {key4} }} {setmark} {setconn}\n"
+        f"\t\tct state new {key6} @once6 delete @once6 {{ {key6} }} {setmark} {setconn}\n"
         f"\t}}\n"
         f"}}\n"
     )

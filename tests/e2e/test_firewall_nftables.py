@@ -190,3 +190,52 @@ def test_boot_file_closes_ports_without_spa(world: World, tmp_path: Path) -> Non
     assert alice.probe("fd77:1::1", SERVICE_PORT) == "refused"
     run_cli(world, "firewall", "uninstall")
     assert alice.probe("10.77.1.1", SERVICE_PORT) == "open"
+
+
+COUNT_DATAGRAMS = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(float(sys.argv[2]))
+n = 0
+print("ready", flush=True)
+try:
+    while True:
+        s.recv(2048)
+        n += 1
+except socket.timeout:
+    pass
+print(n, flush=True)
+"""
+SEND_DATAGRAMS = """
+import socket, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for flow in range(2):  # the second socket is a second flow: the grant is used up by then
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((host, port))
+    for _ in range(count if flow == 0 else 1):
+        try:
+            s.send(b"handshake")
+        except ConnectionRefusedError:  # a port unreachable came back for an earlier datagram
+            print("refused", flush=True)
+        time.sleep(0.05)
+    s.close()
+"""
+
+
+def test_single_use_admits_every_packet_of_its_one_udp_flow(world: World) -> None:
+    """A UDP flow stays ct "new" until the server answers (a WireGuard handshake
+    may take several datagrams): the flow a single-use grant admitted must
+    not have its later datagrams refused (with stealth closed, a port
+    unreachable aborts the client's connected socket). Found by an outside
+    review of the guard; failed before the connection mark."""
+    need_netns("nft", libraries=("nftables",))
+    scene = make_scene(world, {"backend": "nftables", "protect": [*PROTECT, "udp/51820"]})
+    counter = world.popen(world.server, [sys.executable, "-c", COUNT_DATAGRAMS, "51820", "2.0"])
+    assert counter.stdout is not None and counter.stdout.readline().strip() == "ready"
+    scene.server.call("grant", address=ALICE4, request="udp/51820", seconds=10, key="alice", single_use=True)
+    sent = world.alice.run([sys.executable, "-c", SEND_DATAGRAMS, "10.77.1.1", "51820", "3"])
+    received = int(counter.stdout.readline().strip())
+    assert received == 3, f"{received} of the flow's 3 datagrams arrived; client saw {sent.stdout!r}"
+    assert "refused" not in sent.stdout, "the admitted flow was answered with port unreachable"
+    assert scene.server.call("live")["grants"] == []

@@ -305,3 +305,17 @@ def test_dns_answers_are_the_same_bytes_for_valid_and_invalid_tokens(knocking: K
     assert wait_until(lambda: k.served.log().count("accepted alice via dns") == 2, 5), k.served.log()
     assert k.served.wait_log("bad authenticator", 3), k.served.log()
     assert k.served.wait_log("wrong one-time code", 3), k.served.log()
+
+
+def test_odd_packets_get_what_an_unused_port_or_the_bare_kernel_gives(knocking: Knocking) -> None:
+    """Found by an outside probe of the guard: a UDP length field under 8 got
+    port unreachable from guarded ports only (the kernel drops it), and an
+    empty packet of another protocol got port unreachable instead of the
+    kernel's protocol unreachable (IPv6: parameter problem, unrecognised
+    next header)."""
+    k = knocking
+    for target in (SERVER, SERVER6):
+        short = raw(k, "shortudp", target, "62201", "8000", str(ONE_TIME_RANGE_PORT), str(CLOSED_UDP))
+        assert short == dict.fromkeys(short, None), f"{target}: {short}"
+    assert raw(k, "proto", SERVER, "253", "254") == {"253": [3, 2], "254": [3, 2]}
+    assert raw(k, "proto", SERVER6, "253") == {"253": [4, 1]}

@@ -34,9 +34,11 @@ def test_guard_refuses_protected_ports_unless_established_or_marked() -> None:
     assert "elements = { 6 . 22, 6 . 3389, 17 . 53 }" in script
     assert chain(script, "input") == [
         "type filter hook input priority 0; policy accept;",
+        "meta l4proto != { tcp, udp } accept",  # a packet too short for ports gets the kernel's own answer
         "meta l4proto . th dport != @protected accept",
         "ct state established,related accept",
         "meta mark & 0x53500000 == 0x53500000 accept",
+        "ct mark & 0x53500000 == 0x53500000 accept",  # the flow a single-use grant admitted
         "jump refuse",
     ]
 
@@ -44,6 +46,7 @@ def test_guard_refuses_protected_ports_unless_established_or_marked() -> None:
 def test_stealth_closed_answers_as_an_unused_port_and_drop_answers_nothing() -> None:
     # closed (the default): a RST for TCP, port unreachable (ICMP or ICMPv6) for the rest (UDP).
     assert chain(nft_render.guard_script(SETTINGS), "refuse") == [
+        "udp length < 8 drop",  # the kernel drops such a header unanswered (an outside probe told them apart)
         "meta l4proto tcp reject with tcp reset",
         "reject with icmpx type port-unreachable",
     ]
@@ -63,10 +66,12 @@ def test_knock_ports_are_refused_like_protected_ones(stealth: str) -> None:
     assert "@quiet" not in nft_render.guard_script(SETTINGS)
     assert chain(script, "input") == [
         "type filter hook input priority 0; policy accept;",
+        "meta l4proto != { tcp, udp } accept",
         "meta l4proto . th dport != @protected meta l4proto . th dport != @quiet accept",
         "ct state established,related accept",  # replies to our own connections from those ports
         "meta l4proto . th dport @quiet jump refuse",  # before the mark: a knock port is never granted
         "meta mark & 0x53500000 == 0x53500000 accept",
+        "ct mark & 0x53500000 == 0x53500000 accept",
         "jump refuse",
     ]
     assert chain(script, "refuse") == nft_render.refusal(settings)
@@ -123,7 +128,7 @@ def test_grant_chain_runs_first_and_only_marks() -> None:
         assert f"set {name} {{" in script
     assert ("ct state new ip saddr . meta l4proto . th dport @once4 "
             "delete @once4 { ip saddr . meta l4proto . th dport } "
-            "meta mark set meta mark | 0x53500000") in script
+            "meta mark set meta mark | 0x53500000 ct mark set ct mark | 0x53500000") in script
 
 
 def test_grant_renews_by_add_delete_add() -> None:

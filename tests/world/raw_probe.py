@@ -6,6 +6,8 @@ one JSON document::
     raw_probe.py tcp HOST PORT...       a SYN (with 4 data bytes) and a bare ACK to each port
     raw_probe.py udp HOST PORT...       one datagram to each port
     raw_probe.py burst HOST COUNT STEP...  per STEP (a port, or sleep:SECONDS): COUNT datagrams back to back
+    raw_probe.py shortudp HOST PORT...  a datagram whose UDP length field (4) is under its header's 8
+    raw_probe.py proto HOST NUMBER...   an empty packet of each IP protocol NUMBER
 
 ``tcp`` and ``udp`` print, per port, the reply's header fields (or null for
 no reply), with the port numbers left out so two ports' answers compare
@@ -152,6 +154,32 @@ def burst(host: str, count: int, steps: list[str]) -> dict[str, Any]:
     return {"sent": count, "errors": errors}
 
 
+def short_udp(host: str, ports: list[int]) -> dict[str, Any]:
+    """The kernel drops such a datagram unanswered; so must the guard."""
+    found = {}
+    for port in ports:
+        datagram = network(host) / UDP(sport=random.randint(40000, 60000), dport=port, len=4) / Raw(PAYLOAD * 2)
+        reply = sr1(datagram, timeout=WAIT, verbose=0)
+        found[str(port)] = None if reply is None else reply.summary()
+    return found
+
+
+def protocols(host: str, numbers: list[int]) -> dict[str, Any]:
+    """What comes back for an empty packet of another protocol (the kernel: protocol unreachable)."""
+    found = {}
+    for number in numbers:
+        packet = IPv6(dst=host, nh=number) if ":" in host else IP(dst=host, proto=number)
+        reply = sr1(packet, timeout=WAIT, verbose=0)
+        if reply is None:
+            found[str(number)] = None
+        elif ICMP in reply:
+            found[str(number)] = [reply[ICMP].type, reply[ICMP].code]
+        else:
+            layer = reply[IPv6].payload
+            found[str(number)] = [getattr(layer, "type", None), getattr(layer, "code", None)]
+    return found
+
+
 def main(argv: list[str]) -> int:
     conf.verb = 0
     kind, host, *rest = argv
@@ -161,6 +189,10 @@ def main(argv: list[str]) -> int:
         result = udp(host, [int(p) for p in rest])
     elif kind == "burst":
         result = burst(host, int(rest[0]), rest[1:])
+    elif kind == "shortudp":
+        result = short_udp(host, [int(p) for p in rest])
+    elif kind == "proto":
+        result = protocols(host, [int(p) for p in rest])
     else:
         print(f"unknown probe {kind!r}", file=sys.stderr)
         return 2
