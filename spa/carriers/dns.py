@@ -119,7 +119,7 @@ class _Segments(NamedTuple):
     """
 
     parts: tuple[bytes, ...]
-    count: int  # resource records in these bytes
+    records: int  # resource records in these bytes
 
     def render(self, pointer: bytes) -> bytes:
         return pointer.join(self.parts)
@@ -134,7 +134,7 @@ def _concat(*segments: _Segments) -> _Segments:
     for item in segments:
         parts[-1] += item.parts[0]
         parts.extend(item.parts[1:])
-    return _Segments(tuple(parts), sum(item.count for item in segments))
+    return _Segments(tuple(parts), sum(item.records for item in segments))
 
 
 class _NameSplitter:
@@ -426,7 +426,7 @@ def _judge(query: _Parsed, zone: Zone) -> _Verdict:
     host = plan.hosts.get(qname) if plan.hosts else None
     if host is not None and qtype in (TYPE_A, TYPE_AAAA, TYPE_ANY):
         found = host[0] if qtype == TYPE_A else host[1] if qtype == TYPE_AAAA else host[2]
-        if found.count and (depth or qtype != TYPE_ANY):
+        if found.records and (depth or qtype != TYPE_ANY):
             return _Verdict(NOERROR, None, (found, _EMPTY, _EMPTY), True, True, zone_at)
     if depth == 0:
         if qtype == TYPE_SOA:
@@ -468,11 +468,11 @@ def _build(query: _Parsed, verdict: _Verdict, limit: int) -> bytes:
     pointer = _POINTER.pack(0xC000 | verdict.zone_at)
     answer, authority, additional = verdict.records
     body = answer.render(pointer) + authority.render(pointer)
-    extra = additional.render(pointer) if additional.count else b""
-    counts = (1 if question else 0, answer.count, authority.count)
+    extra = additional.render(pointer) if additional.records else b""
+    counts = (1 if question else 0, answer.records, authority.records)
     size = 12 + len(question) + len(body) + len(opt)
     if size + len(extra) <= limit:
-        head = _HEADER.pack(query.ident, flags, *counts, additional.count + (1 if opt else 0))
+        head = _HEADER.pack(query.ident, flags, *counts, additional.records + (1 if opt else 0))
         return head + question + body + extra + opt
     if size <= limit:
         # Glue in the additional section is optional data (RFC 2181 s9):

@@ -85,7 +85,7 @@ class Tracker:
 
     def set_statics(self, statics: tuple[StaticSequence, ...]) -> None:
         """Replace the fixed sequences (on reload). Progress so far is kept."""
-        by_last: dict[tuple[str, int], list[tuple[StaticSequence, tuple[tuple[str, int], ...]]]] = {}
+        by_last: dict[tuple[int, int], list[tuple[StaticSequence, tuple[tuple[int, int], ...]]]] = {}
         for static in statics:
             steps = tuple((PROTOS.index(step.proto), step.port) for step in static.steps)
             # Indexed by the final step: only a hit on that step can complete it.
@@ -148,7 +148,7 @@ class Tracker:
             size = len(steps)
             if len(hits) < size or received - hits[-size][2] > static.timeout:
                 continue
-            if all(hit[:2] == step for hit, step in zip(hits[-size:], steps)):
+            if all(hit[:2] == step for hit, step in zip(hits[-size:], steps, strict=False)):
                 found.append(Knock(Carrier.SEQUENCE, Form.STATIC, StaticHit(static.name), source, received))
         return found
 

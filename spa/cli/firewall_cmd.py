@@ -167,7 +167,8 @@ def describe_status(status: dict[str, object], now: float) -> str:
     counts = counts if isinstance(counts, dict) else {}
     shown = sorted((name, value) for name, value in counts.items() if valid_counter(name, value))
     at = status.get("time")
-    age = f"{now - at:.0f} s ago" if _number(at) and math.isfinite(at) else "an unknown time"  # type: ignore[operator]
+    age = f"{now - at:.0f} s ago" if isinstance(at, (int, float)) and _number(at) and math.isfinite(at) \
+        else "an unknown time"
     lines = [f"server: worker {_whole(status.get('worker'))}, {_whole(status.get('grants_applied'))} grants applied, "
              f"counters from {age}"]
     lines += [f"  {name:<24} {value}" for name, value in shown]

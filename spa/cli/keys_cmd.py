@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-
 from spa.core import config as config_module
 from spa.core import keys, otp, pathtrust
 from spa.core.events import Request
@@ -259,7 +258,8 @@ def _print_totp(record: KeyRecord, issuer: str) -> None:
     import segno  # here, not at the top: it pulls in urllib, http and xml, which `spa serve` never needs
 
     segno.make(uri, error="m").terminal(out=sys.stdout, compact=True)
-    print(f"then knock with:  nslookup {record.name}-<code>.<zone>   or   ping -c 2 -p {record.key_id:04x}<code> SERVER")
+    print(f"then knock with:  nslookup {record.name}-<code>.<zone>   or   "
+          f"ping -c 2 -p {record.key_id:04x}<code> SERVER")
 
 
 def _print_emergency(record: KeyRecord, zone: str, server: str) -> None:

@@ -33,8 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "  spa knock --via icmp --open tcp/3389 203.0.113.10",
     )
     _common(knock)
-    knock.add_argument("--wait", type=float, default=5.0, metavar="SECONDS", help="how long to wait for the port (default 5)")
-    knock.add_argument("--no-wait", action="store_true", help="send the knock and exit (use this with single-use grants)")
+    knock.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                       help="how long to wait for the port (default 5)")
+    knock.add_argument("--no-wait", action="store_true",
+                       help="send the knock and exit (use this with single-use grants)")
     knock.add_argument("host", nargs="?", help="server (default: the key file's)")
     knock.set_defaults(func=run_knock)
 
@@ -49,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _key_and_port(token)
     token.add_argument("--via", choices=("icmp", "dns", "sequence"), default="dns")
     token.add_argument("--ip", metavar="ADDRESS", help="the address to open: the other device's public address")
-    token.add_argument("--at", type=int, metavar="UNIXTIME", help="the token's time (default: now; the server allows ±60 s)")
+    token.add_argument("--at", type=int, metavar="UNIXTIME",
+                       help="the token's time (default: now; the server allows ±60 s)")
     token.add_argument("--command", action="store_true", help="print the ready-to-paste ping or nslookup line")
     token.set_defaults(func=run_token)
 
@@ -120,7 +123,8 @@ def send_knock(key: ClientKey, target: Target, args: argparse.Namespace, request
         raise SpaError(f"key {key.name} is an Ed25519 key: it can only knock by UDP")
     if via == "udp":
         source = None if address is not None else knocking.local_address(target)
-        knocking.send_udp(target, key.udp_port, tokens.spa_datagram(key, now, (request,), address=address, source=source))
+        datagram = tokens.spa_datagram(key, now, (request,), address=address, source=source)
+        knocking.send_udp(target, key.udp_port, datagram)
         return f"a UDP datagram to {target.host}:{key.udp_port}"
     if via == "icmp":
         bound = address or knocking.local_address(target)
@@ -131,7 +135,10 @@ def send_knock(key: ClientKey, target: Target, args: argparse.Namespace, request
             raise SpaError(f"key {key.name} names no DNS zone: the server has no DNS carrier")
         direct = args.dns_server is not None and ipaddress.ip_address(args.dns_server) == target.address
         bound = address or knocking.local_address(target)
-        token = tokens.compact_token(key, now, bound, request) if direct else tokens.extended_token(key, now, bound, request)
+        if direct:
+            token = tokens.compact_token(key, now, bound, request)
+        else:
+            token = tokens.extended_token(key, now, bound, request)
         asked = knocking.send_dns(tokens.dns_name(token, key.zone), args.dns_server)
         return f"a DNS query for {key.zone} via {asked}"
     ports = tokens.otp_sequence(key, now, SequenceRule(), request)

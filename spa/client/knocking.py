@@ -13,7 +13,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-
 from spa.core.events import IPAddress, Request
 from spa.errors import SpaError
 

@@ -60,7 +60,7 @@ def mapped_address(response: bytes, transaction: bytes) -> IPAddress | None:
         if attribute == XOR_MAPPED_ADDRESS:
             key = struct.pack("!I", MAGIC_COOKIE) + transaction
             raw = value[4:]
-            xored = bytes(a ^ b for a, b in zip(raw, key))
+            xored = bytes(a ^ b for a, b in zip(raw, key, strict=False))
             address = _address(family, xored)
             if address is not None:
                 return address

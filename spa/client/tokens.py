@@ -39,8 +39,9 @@ def compact_token(key: ClientKey, time: int, address: IPAddress | None, request:
 def extended_token(key: ClientKey, time: int, address: IPAddress, request: Request | None = None) -> bytes:
     """20 or 32 bytes naming ``address``: for DNS through resolvers, and NAT."""
     index = key.request_index(request or key.default_request)
-    return compact.seal_extended(Obfuscator(key.obfuscation_key), _mac_key(key), key.key_id, time, index,
-                                 _nameable(address))
+    named = _nameable(address)
+    assert named is not None  # an extended token always names its address
+    return compact.seal_extended(Obfuscator(key.obfuscation_key), _mac_key(key), key.key_id, time, index, named)
 
 
 def spa_datagram(
@@ -87,7 +88,8 @@ def dns_name(token: bytes, zone: str) -> str:
     return f"{encoding.to_label(token)}.{zone.rstrip('.')}."
 
 
-def otp_sequence(key: ClientKey, time: float, rule: sequence.SequenceRule, request: Request | None = None) -> tuple[int, ...]:
+def otp_sequence(key: ClientKey, time: float, rule: sequence.SequenceRule,
+                 request: Request | None = None) -> tuple[int, ...]:
     """The one-time port sequence for ``knock`` at ``time``."""
     if key.secret is None:
         raise KeyFileError(f"key {key.name} is an Ed25519 key: it can only knock by UDP")

@@ -22,7 +22,7 @@ from .events import IPAddress
 
 def is_mapped(address: IPAddress) -> bool:
     """Whether ``address`` is an IPv4-mapped IPv6 address (``::ffff:0:0/96``)."""
-    return address.version == 6 and address.ipv4_mapped is not None  # type: ignore[union-attr]
+    return isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None
 
 
 def refusal(address: IPAddress) -> str | None:

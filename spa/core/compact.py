@@ -124,7 +124,7 @@ def seal_extended(
     packed = address.packed
     token = obfuscator.encrypt_block(head + compute_mac(mac_key, head, packed))
     pad = obfuscator.encrypt_block(token)
-    return token + bytes(a ^ b for a, b in zip(packed, pad))
+    return token + bytes(a ^ b for a, b in zip(packed, pad, strict=False))
 
 
 def open_block(obfuscator: Obfuscator, token: bytes) -> tuple[Fields, bytes] | None:
@@ -147,7 +147,7 @@ def open_block(obfuscator: Obfuscator, token: bytes) -> tuple[Fields, bytes] | N
 def unmask_address(obfuscator: Obfuscator, data: bytes) -> IPAddress:
     """The address an extended token names (its length already checked)."""
     key_stream = obfuscator.encrypt_block(data[:SIZE])
-    return ipaddress.ip_address(bytes(a ^ b for a, b in zip(data[SIZE:], key_stream)))
+    return ipaddress.ip_address(bytes(a ^ b for a, b in zip(data[SIZE:], key_stream, strict=False)))
 
 
 EXTENDED_SIZES = (SIZE + 4, SIZE + 16)

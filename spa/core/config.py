@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from spa.carriers.dns import MAX_TTL, Zone
 from spa.errors import ConfigError
@@ -138,7 +138,7 @@ class _Reader:
                 if option not in known:
                     doc.fail((*table, option), f"unknown option (known: {', '.join(known)})")
 
-    def fail(self, option: str, message: str) -> None:
+    def fail(self, option: str, message: str) -> NoReturn:
         self.doc.fail((*self.table, option), message)
 
     def number(self, option: str, default: T, low: float, high: float, kind: type = int) -> T:
@@ -149,13 +149,13 @@ class _Reader:
         return kind(value)  # type: ignore[no-any-return]
 
     def text(self, option: str, default: str) -> str:
-        value = self.node.get(option, default)
+        value: object = self.node.get(option, default)
         if not isinstance(value, str):
             self.fail(option, "expected a string")
         return value
 
     def flag(self, option: str, default: bool) -> bool:
-        value = self.node.get(option, default)
+        value: object = self.node.get(option, default)
         if not isinstance(value, bool):
             self.fail(option, "expected true or false")
         return value
@@ -193,12 +193,13 @@ def load(path: Path) -> Config:
     match = _RANGE.match(ports_text)
     if not match:
         otp.fail("sequence_ports", 'expected a range such as "20000-59999"')
+    low, high = int(match.group(1)), int(match.group(2))
     rule = otp.convert(
         "sequence_ports",
         lambda: SequenceRule(
             length=otp.number("sequence_length", 3, 2, 8),
-            low=int(match.group(1)),
-            high=int(match.group(2)),
+            low=low,
+            high=high,
             step_seconds=otp.number("sequence_step", 30, 5, 3600),
         ),
     )
@@ -390,7 +391,8 @@ def _read_firewall(doc: Document) -> FirewallSettings:
         if option in ("protect", "single_use"):
             if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
                 table.fail(option, 'expected a list such as ["tcp/22"]')
-            values[option] = table.convert(option, lambda v=value: tuple(Request.parse(p) for p in v))
+            listed: list[str] = value
+            values[option] = table.convert(option, lambda: tuple(Request.parse(p) for p in listed))
         elif option in ("start_command", "stop_command"):
             if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
                 table.fail(option, 'expected an argument list such as ["/usr/local/bin/open", "%IP%"]')

@@ -92,7 +92,7 @@ def encode_body(body: Body) -> bytes:
         raise ValueError("seconds must fit 16 bits")
     out = bytearray([body.mode])
     if body.mode in (Mode.IPV4, Mode.IPV6):
-        if body.address is None or body.address.version != body.mode:
+        if body.address is None or body.address.version != int(body.mode):
             raise ValueError("explicit mode needs an address of that family")
         out += body.address.packed
     elif body.address is not None:

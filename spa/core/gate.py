@@ -142,7 +142,8 @@ class Gate:
             return Duplicate(knock.source, knock.carrier, key)
         # A code without an address in it opens the packet's source; over DNS
         # that is a resolver, and resolvers retry from other addresses: no alarm.
-        named = isinstance(knock.payload, OtpCode) and (knock.payload.address is not None or knock.carrier != Carrier.DNS)
+        payload = knock.payload
+        named = isinstance(payload, OtpCode) and (payload.address is not None or knock.carrier != Carrier.DNS)
         if knock.form == Form.OTP and entry.address != address and named:
             # A code names no address under a MAC: whoever saw it in flight can
             # send it first for their own (docs/threat-model.md, "Code races").
@@ -259,7 +260,7 @@ class Gate:
         if not self._source_rate.take(knock.source.packed, knock.received):
             return self._reject(knock, Reason.RATE_LIMITED, "too many attempts from this source", entry.name)
         aead = self.keyring.wire if signed else entry.aead
-        assert aead is not None  # checked with the key above
+        assert aead is not None and isinstance(payload, bytes)  # both checked above
         body = datagram.open_body(header, payload, aead, knock.source, entry.verify_key if signed else None,
                                   self.keyring.server_id if signed else None)
         if isinstance(body, Reason):

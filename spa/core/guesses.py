@@ -194,7 +194,8 @@ class FileGuesses(Guesses):
         forgotten = self._sources.forget(now - CLOCK_MARGIN)
         if always or forgotten or self.journal.lines > len(self):
             lines = [self._key_line(key, now) for key in self._whole_at]
-            lines += [_source_line(bytes(source), strikes) for source, strikes in self._sources.items()]  # type: ignore[arg-type]
+            lines += [_source_line(source, strikes) for source, strikes in self._sources.items()
+                      if isinstance(source, bytes)]  # always: the gate keys sources by packed address
             try:
                 self.journal.rewrite(lines)
                 self.unwritable = None

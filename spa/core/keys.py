@@ -100,7 +100,8 @@ def _key_id(doc: Document) -> int:
 def _name(doc: Document) -> str:
     name = doc.data.get("name")
     if not isinstance(name, str) or not valid_name(name):
-        doc.fail(("name",), "expected 1-12 lowercase letters and digits, starting with a letter (a code label must fit one DNS label)")
+        doc.fail(("name",), "expected 1-12 lowercase letters and digits, starting with a letter "
+                            "(a code label must fit one DNS label)")
     return name
 
 

@@ -136,7 +136,7 @@ def _source_network(text: str) -> IPNetwork:
     network is a mistake for its IPv4 form, which the message gives.
     """
     network = ipaddress.ip_network(text, strict=False)
-    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):  # type: ignore[arg-type]
         first = network.network_address.ipv4_mapped
         plain = ipaddress.ip_network(f"{first}/{network.prefixlen - 96}")
         raise ValueError(f"{text} is an IPv4-mapped network: write {plain}")

@@ -81,7 +81,7 @@ class StaticSequence:
     def __post_init__(self) -> None:
         if not 1 <= len(self.steps) <= 16:
             raise ValueError("a sequence has 1-16 ports")
-        if any(a == b for a, b in zip(self.steps, self.steps[1:])):
+        if any(a == b for a, b in zip(self.steps, self.steps[1:], strict=False)):
             # Duplicate SYNs are ignored, so a port twice in a row could never match.
             raise ValueError("a port may not follow itself in a sequence")
         if not 0.1 <= self.timeout <= 3600:

@@ -26,8 +26,8 @@ from typing import TypeVar
 
 from spa.core import config as config_module
 from spa.core.config import Config
-from spa.core.keyring import Keyring
 from spa.core.guesses import FileGuesses
+from spa.core.keyring import Keyring
 from spa.core.ledger import FileLedger
 from spa.errors import SpaError
 from spa.firewall import Backend, FirewallError, open_backend
@@ -68,10 +68,12 @@ def restart_needed(old: Config, new: Config) -> str | None:
         ("server.user", old.user != new.user),
         ("server.state_dir", old.state_dir != new.state_dir),
         ("the captured carriers", wanted(old) != wanted(new)),
-        ("carriers.icmp.silence_replies", (old.icmp and old.icmp.silence_replies) != (new.icmp and new.icmp.silence_replies)),
+        ("carriers.icmp.silence_replies",
+         (old.icmp and old.icmp.silence_replies) != (new.icmp and new.icmp.silence_replies)),
         (
             "carriers.dns listen, port or mode",
-            (old.dns and (old.dns.listen, old.dns.port, old.dns.mode)) != (new.dns and (new.dns.listen, new.dns.port, new.dns.mode)),
+            (old.dns and (old.dns.listen, old.dns.port, old.dns.mode))
+            != (new.dns and (new.dns.listen, new.dns.port, new.dns.mode)),
         ),
     )
     changed = [what for what, differs in checks if differs]
@@ -153,7 +155,8 @@ class Supervisor:
             self.state = statedir.prepare(config.state_dir, self.account)
             statedir.as_worker(config.state_dir, self.account, lambda directory: _check_state(config, directory))
         except OSError as problem:
-            raise SpaError(f"{config.state_dir}: cannot keep replay state there: {problem.strerror or problem}") from None
+            why = problem.strerror or problem
+            raise SpaError(f"{config.state_dir}: cannot keep replay state there: {why}") from None
         self.backend = open_backend(config.firewall)
         self.backend.install()
         self._watch_nftables()
@@ -512,7 +515,8 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
         guesses = FileGuesses(config.state_dir / statedir.WORKER / GUESSES, config.gate.codes, state, time.time())
     except OSError as problem:
         user = account.name if account else "this user"
-        raise SpaError(f"{config.state_dir}: replay state not writable by {user}: {problem.strerror or problem}") from None
+        why = problem.strerror or problem
+        raise SpaError(f"{config.state_dir}: replay state not writable by {user}: {why}") from None
     worker = Worker(config, keyring, ledger, pipe_emitter(pipe), guesses)
     try:
         return serve(worker, listeners, pipe)

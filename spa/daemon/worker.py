@@ -78,7 +78,9 @@ class Worker:
         if protocol == UDP and port == self.udp_port:
             self.counts["packets.udp"] += 1
             knock = udp.knock(parsed.payload, source, now)
-            return self._junk() if knock is None else self.decide((knock,))
+            if knock is None:
+                return self._junk()
+            return self.decide((knock,))
         if protocol == UDP and port == self.sniff_port and self.zone is not None:
             self.counts["packets.dns"] += 1
             label = dns.sniff(parsed.payload, self.zone)
@@ -109,7 +111,9 @@ class Worker:
 
     def label(self, label: str, source: IPAddress, now: float) -> Decision | None:
         knock = dns.knock(label, source, now)
-        return self._junk() if knock is None else self.decide((knock,))
+        if knock is None:
+            return self._junk()
+        return self.decide((knock,))
 
     # -- deciding ----------------------------------------------------------
 
@@ -152,7 +156,8 @@ class Worker:
         log.info(report.describe(decision))
         return decision
 
-    def _junk(self) -> None:
+    def _junk(self) -> Decision | None:
+        """Count a packet that is not a knock; there is no decision (None)."""
         self.counts["junk"] += 1
         return None
 

@@ -30,12 +30,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import socket
-import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dnslib import AAAA, NS, QTYPE, RCODE, RR, SOA, A, DNSRecord, EDNS0
+from dnslib import AAAA, EDNS0, NS, QTYPE, RCODE, RR, SOA, A, DNSRecord
 from dnslib.dns import DNSError
 
 TCP_IDLE = 5.0  # seconds a TCP connection may sit silent (RFC 7766 suggests a few)
@@ -271,4 +270,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import shlex
 import sys
-import tomllib
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 

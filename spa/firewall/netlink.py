@@ -98,7 +98,8 @@ def grant_batch(family: str, table: str, set_name: str, key: bytes, seconds: int
     older one so that the last add sets a fresh timeout and comment.
     """
     proto = FAMILIES[family]
-    names = _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+    names = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+             + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0"))
     key_attr = _nest(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, key))
     note = comment.encode() + b"\0"
     full = _nest(NFTA_LIST_ELEM,

@@ -184,7 +184,8 @@ class NftablesBackend:
         if self._installed is None:
             return "spa's firewall tables were never installed"
         now = self._listings()
-        found = [f"{self._what(part)} {self._how(now[part])}" for part in self._installed if now[part] != self._installed[part]]
+        found = [f"{self._what(part)} {self._how(now[part])}"
+                 for part in self._installed if now[part] != self._installed[part]]
         return "; ".join(found) or None
 
     def repair(self) -> None:

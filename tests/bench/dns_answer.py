@@ -26,11 +26,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dnslib import EDNS0, QTYPE, RR, SOA, DNSHeader, DNSQuestion, DNSRecord  # noqa: E402
+from figures import print_results  # noqa: E402 - a sibling module; the script's directory is on sys.path
 
 from spa.carriers import dns  # noqa: E402
 from spa.core import encoding  # noqa: E402
-
-from figures import print_results  # noqa: E402 - a sibling module; the script's directory is on sys.path
 
 ZONE = dns.Zone.build("knock.example.com", addresses=(ipaddress.ip_address("192.0.2.53"),))
 

@@ -252,7 +252,7 @@ def forge_compact(rng: random.Random, obf: compact.Obfuscator, extended: int = 0
     if extended:
         address = (CLIENT4 if extended == 4 else CLIENT6).packed
         pad = obf.encrypt_block(token)
-        return token + bytes(a ^ b for a, b in zip(address, pad)), RESOLVER
+        return token + bytes(a ^ b for a, b in zip(address, pad, strict=False)), RESOLVER
     return token, source
 
 
@@ -356,7 +356,7 @@ def run_dns(world: World, rng: random.Random, count: int, deadline: float) -> Ta
     valid = valid_tokens(world, "dns-label", rng)
     check_valid(world, valid)
     labels = [encoding.to_label(v.payload) for v in valid]
-    by_label = {label: v.source for label, v in zip(labels, valid)}
+    by_label = {label: v.source for label, v in zip(labels, valid, strict=False)}
     tally = Tally(Counter(), Counter())
     tick = 0
     while tally.guesses < count and time.monotonic() < deadline:

@@ -22,6 +22,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from figures import print_results  # noqa: E402 - a sibling module; the script's directory is on sys.path
+
 from spa.core import compact, datagram, kdf  # noqa: E402
 from spa.core.events import Carrier, Form, Knock, Request  # noqa: E402
 from spa.core.gate import Gate, GateSettings  # noqa: E402
@@ -29,8 +31,6 @@ from spa.core.keyring import Keyring  # noqa: E402
 from spa.core.keys import KeyRecord  # noqa: E402
 from spa.core.ledger import FileLedger, Ledger  # noqa: E402
 from spa.core.policy import Policy  # noqa: E402
-
-from figures import print_results  # noqa: E402 - a sibling module; the script's directory is on sys.path
 
 NOW = 1_760_000_000
 OBFUSCATION = os.urandom(32)

@@ -416,8 +416,9 @@ class Bench:
         """The helper request for one fresh knock of ``carrier`` from ``source``."""
         import ipaddress
 
-        from spa.client import tokens
         from world.daemon import ZONE
+
+        from spa.client import tokens
 
         address = ipaddress.ip_address(source)
         now = int(time.time())

@@ -21,9 +21,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from world import World, need, need_netns  # noqa: E402
-
 import junk_sender  # noqa: E402
+from world import World, need, need_netns  # noqa: E402
 
 ZONE = "knock.test"
 pytestmark = pytest.mark.bench

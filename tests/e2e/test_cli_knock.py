@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from world import World, need_netns
 from world.daemon import Served, make_served, remove
 from world.knocking import SERVER, prepare

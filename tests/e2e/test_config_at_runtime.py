@@ -15,17 +15,16 @@ import base64
 import re
 import signal
 import time
-from pathlib import Path
+import tomllib
 
 import pyotp
 import pytest
-import tomllib
-
-from spa.core import otp
 from world import need_netns
 from world.daemon import ZONE, alive
 from world.knocking import SERVER, Knocking, prepare
 from world.netns import wait_until
+
+from spa.core import otp
 
 pytestmark = pytest.mark.netns
 

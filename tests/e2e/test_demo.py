@@ -9,9 +9,9 @@ import sys
 import time
 
 import pytest
+from world import need_netns
 
 from spa.demo.netns import NETNS_ETC, run
-from world import need_netns
 
 pytestmark = pytest.mark.netns
 

@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from spa.client import tokens
 from world import World, need, need_netns
 from world.daemon import make_served, remove
 from world.knocking import SERVER, Knocking, prepare
 from world.netns import wait_until
+
+from spa.client import tokens
 
 pytestmark = pytest.mark.netns
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from world import World, need_netns
-from world.scene import ALICE4, ALICE6, OTHER_PORT, PROTECT, SERVICE_PORT, Scene, make_scene
 from world.netns import wait_until
+from world.scene import ALICE4, ALICE6, OTHER_PORT, PROTECT, SERVICE_PORT, Scene, make_scene
 
 pytestmark = pytest.mark.netns
 

@@ -25,15 +25,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from spa.client import tokens
-from spa.daemon.dns_tcp import TCP_CLIENTS
-from world import need_netns
 from world import junk as junk_module
+from world import need_netns
 from world.daemon import ZONE, alive
 from world.junk import Addresses, catalogue
 from world.knocking import SERVER, Knocking, prepare
 from world.netns import wait_until
+
+from spa.client import tokens
+from spa.daemon.dns_tcp import TCP_CLIENTS
 
 pytestmark = pytest.mark.netns
 

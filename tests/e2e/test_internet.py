@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from world import need_netns
+from world.daemon import alive
 
 from spa.demo.internet import (
     CLIENT_A,
@@ -31,8 +33,6 @@ from spa.demo.internet import (
     Internet,
 )
 from spa.demo.netns import NETNS_ETC, run, wait_until
-from world import need_netns
-from world.daemon import alive
 
 pytestmark = pytest.mark.netns
 

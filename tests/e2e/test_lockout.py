@@ -15,18 +15,18 @@ import ipaddress
 import os
 import signal
 import time
+import tomllib
 from pathlib import Path
 
 import pyotp
 import pytest
-import tomllib
-
-from spa.client import tokens
-from spa.core import otp
 from world import need_netns
 from world.daemon import ZONE
 from world.knocking import SERVER, Knocking, prepare
 from world.netns import wait_until
+
+from spa.client import tokens
+from spa.core import otp
 
 pytestmark = pytest.mark.netns
 

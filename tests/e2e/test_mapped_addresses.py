@@ -16,13 +16,13 @@ import time
 
 import pytest
 from dnslib import DNSRecord
+from world import need_netns
+from world.daemon import ZONE
+from world.knocking import SERVER, Knocking, prepare
 
 from spa.client import tokens
 from spa.core import compact, datagram, encoding, kdf
 from spa.core.events import Request
-from world import need_netns
-from world.daemon import ZONE
-from world.knocking import SERVER, Knocking, prepare
 
 pytestmark = pytest.mark.netns
 

@@ -34,16 +34,16 @@ from pathlib import Path
 
 import pyotp
 import pytest
-
-from spa.client import tokens
-from spa.core import otp
-from spa.core.keys import ClientKey, load_client_key
 from world import Agent, need_netns
 from world.daemon import ZONE
 from world.knocking import SERVER, Knocking, prepare
 from world.netns import wait_until
 from world.replay import counters, empty_pcap, live_grants, pcap_count, tapped
 from world.resolver import RESOLVER, add_resolver
+
+from spa.client import tokens
+from spa.core import otp
+from spa.core.keys import ClientKey, load_client_key
 
 pytestmark = pytest.mark.netns
 

@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import pytest
+from world import need_netns
+from world.knocking import SERVER, Knocking, prepare
+from world.worker_attacks import MARK
 
 from spa.client import tokens
 from spa.daemon import privdrop
 from spa.demo import served as served_module
-from world import need_netns
-from world.knocking import SERVER, Knocking, prepare
-from world.worker_attacks import MARK
 
 pytestmark = pytest.mark.netns
 

@@ -13,20 +13,20 @@ import json
 import signal
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pyotp
 import pytest
-import tomllib
+from world import need_netns
+from world.daemon import ZONE
+from world.knocking import SERVER, Knocking, prepare
+from world.netns import wait_until
 
 from spa.client import tokens
 from spa.core import otp
 from spa.core.sequence import SequenceRule
 from spa.daemon import privdrop
-from world import need_netns
-from world.daemon import ZONE
-from world.knocking import SERVER, Knocking, prepare
-from world.netns import wait_until
 
 pytestmark = pytest.mark.netns
 

@@ -33,12 +33,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from spa.client import tokens
-from spa.daemon.worker import STATS_EVERY
 from world import need_netns
 from world.knocking import Knocking, prepare
 from world.netns import wait_until
+
+from spa.client import tokens
+from spa.daemon.worker import STATS_EVERY
 
 pytestmark = pytest.mark.netns
 

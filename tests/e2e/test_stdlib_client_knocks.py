@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from world import need_netns
 from world.knocking import SERVER, Knocking, prepare, use_resolver
 from world.netns import Host, wait_until

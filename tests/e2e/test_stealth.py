@@ -25,21 +25,21 @@ import ipaddress
 import json
 import sys
 import time
+import tomllib
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
 import pyotp
 import pytest
-import tomllib
-
-from spa.client import tokens
-from spa.core import otp
-from spa.core.sequence import SequenceRule
 from world import need_netns
 from world.daemon import ZONE
 from world.knocking import SERVER, Knocking, prepare
 from world.netns import wait_until
+
+from spa.client import tokens
+from spa.core import otp
+from spa.core.sequence import SequenceRule
 
 pytestmark = pytest.mark.netns
 

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from world import need_netns
+from world.daemon import remove
 
 from spa.demo.internet import PUBLIC_NAT, SERVER, Internet
 from spa.demo.netns import wait_until
 from spa.demo.scenarios import SSH_PORT, Stage, format_table, scenarios, stage
-from world import need_netns
-from world.daemon import remove
 
 pytestmark = pytest.mark.netns
 

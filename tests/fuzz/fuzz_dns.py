@@ -18,6 +18,7 @@ import atheris
 
 with atheris.instrument_imports(include=["spa", "harness"]):
     import harness
+
     from spa.carriers import dns
 
 LIMITS = (dns.UDP_SIZE, dns.EDNS_SIZE, dns.TCP_SIZE)

@@ -17,6 +17,7 @@ import atheris
 
 with atheris.instrument_imports(include=["spa", "harness"]):
     import harness
+
     from spa.carriers import icmp
 
 

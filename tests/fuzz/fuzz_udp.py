@@ -23,6 +23,7 @@ import atheris
 
 with atheris.instrument_imports(include=["spa", "harness"]):
     import harness
+
     from spa.core import datagram
 
 

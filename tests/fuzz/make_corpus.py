@@ -22,6 +22,7 @@ from dnslib import EDNS0, DNSRecord
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
+
 from spa.core import compact, datagram, encoding, kdf, otp, sequence  # noqa: E402
 from spa.core.events import Request  # noqa: E402
 

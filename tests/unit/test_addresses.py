@@ -24,8 +24,8 @@ from spa.core.events import Accepted, Carrier, Form, Grant, OtpCode, Reason, Rej
 from spa.core.keys import ClientKey
 from spa.core.policy import Policy
 from spa.daemon import recheck
-from spa.firewall import FirewallError, check_grant, netlink, nft_render
 from spa.errors import SpaError
+from spa.firewall import FirewallError, check_grant, netlink, nft_render
 from spa.intake.packet import parse
 
 MAPPED = ipaddress.ip_address("::ffff:203.0.113.5")

@@ -10,6 +10,7 @@ import pyotp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from makings import CLIENT, CLIENT6, EMERGENCY_SECRET, NOW, OBFUSCATION_KEY, SSH, TOTP_SECRET, alice_record, make_bench
 from scapy.layers.inet import ICMP
 from scapy.layers.inet6 import ICMPv6EchoRequest
 from scapy.packet import Raw
@@ -20,8 +21,6 @@ from spa.core.events import Accepted, Carrier, Decision, Duplicate, Form, Knock,
 from spa.core.gate import Gate
 from spa.core.keyring import Keyring
 from spa.core.ledger import Ledger
-
-from makings import CLIENT, CLIENT6, EMERGENCY_SECRET, NOW, OBFUSCATION_KEY, SSH, TOTP_SECRET, alice_record, make_bench
 
 SIZES = (32, 40, 56, 64, 100)
 LAYOUTS = ("linux", "bsd")

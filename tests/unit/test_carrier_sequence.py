@@ -8,6 +8,7 @@ import tracemalloc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from makings import CLIENT, NOW, OBFUSCATION_KEY, OTHER, RDP, SSH, alice_record, make_bench
 
 from spa.carriers.sequence import Tracker
 from spa.core.events import Accepted, Carrier, Form, Knock, Request, SequenceHit, StaticHit
@@ -16,8 +17,6 @@ from spa.core.keyring import Keyring
 from spa.core.ledger import Ledger
 from spa.core.policy import Policy
 from spa.core.sequence import SequenceRule, StaticSequence, knock_ports
-
-from makings import CLIENT, NOW, OBFUSCATION_KEY, OTHER, RDP, SSH, alice_record, make_bench
 
 A, B, C = Request("tcp", 7000), Request("tcp", 8000), Request("udp", 9000)
 DOOR = StaticSequence("door", (A, B, C), Policy(open=(SSH,)), timeout=5.0)

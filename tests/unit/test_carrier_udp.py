@@ -8,12 +8,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
+from makings import BOB_SEED, CLIENT, CLIENT6, NOW, OBFUSCATION_KEY, OTHER, RDP, SSH, make_bench
 
 from spa.carriers import udp
 from spa.core import datagram, kdf
 from spa.core.events import Accepted, Carrier, Form, Reason, Rejection, Request
-
-from makings import BOB_SEED, CLIENT, CLIENT6, NOW, OBFUSCATION_KEY, OTHER, RDP, SSH, make_bench
 
 
 def test_datagram_bound_to_its_source_is_accepted() -> None:

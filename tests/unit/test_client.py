@@ -37,7 +37,7 @@ def _success(transaction: bytes, attributes: bytes) -> bytes:
 def test_xor_mapped_address_round_trip(transaction: bytes, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
     key = struct.pack("!I", stun.MAGIC_COOKIE) + transaction
     packed = address.packed
-    xored = bytes(a ^ b for a, b in zip(packed, key))
+    xored = bytes(a ^ b for a, b in zip(packed, key, strict=False))
     family = 1 if address.version == 4 else 2
     value = bytes([0, family]) + struct.pack("!H", 1234 ^ 0x2112) + xored
     attribute = struct.pack("!HH", stun.XOR_MAPPED_ADDRESS, len(value)) + value

@@ -15,7 +15,7 @@ import pyotp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, UDP, TCP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
 from spa.cli import main
@@ -27,8 +27,8 @@ from spa.core.ledger import Ledger
 from spa.core.sequence import SequenceRule
 from spa.daemon import messages, recheck, report
 from spa.daemon.supervisor import MAX_HELD, Supervisor, restart_needed
-from spa.firewall import open_backend
 from spa.daemon.worker import Worker
+from spa.firewall import open_backend
 
 ALICE = ipaddress.ip_address("198.51.100.7")
 SSH = Request("tcp", 22)

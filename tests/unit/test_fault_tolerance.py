@@ -22,8 +22,7 @@ from spa.core.events import Request
 from spa.core.journal import Journal
 from spa.core.ledger import Entry, FileLedger
 from spa.daemon.integrity import ClockWatch, keep_guard
-from spa.firewall import FirewallError, FirewallSettings
-from spa.firewall import nft_render
+from spa.firewall import FirewallError, FirewallSettings, nft_render
 from spa.firewall.iptables import IptablesBackend
 from spa.firewall.libnft import NftError
 from spa.firewall.nftables import NftablesBackend

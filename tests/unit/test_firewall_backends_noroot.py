@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import subprocess
 import threading
 from collections.abc import Sequence
 
@@ -13,8 +14,6 @@ from spa.core.events import Carrier, Grant, Request
 from spa.firewall import FirewallError, FirewallSettings
 from spa.firewall.command import CommandBackend, substitute
 from spa.firewall.dryrun import DryRunBackend
-import subprocess
-
 from spa.firewall.iptables import IptablesBackend, parse_save
 
 SSH = Request("tcp", 22)

@@ -8,9 +8,8 @@ import re
 import pytest
 
 from spa.core.events import Carrier, Grant, Request
-from spa.firewall import FirewallError, FirewallSettings, check_grant
+from spa.firewall import FirewallError, FirewallSettings, check_grant, nft_render
 from spa.firewall.settings import FirewallSettingsError
-from spa.firewall import nft_render
 
 SSH, RDP = Request("tcp", 22), Request("tcp", 3389)
 SETTINGS = FirewallSettings(protect=(SSH, RDP, Request("udp", 53)))

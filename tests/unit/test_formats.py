@@ -8,7 +8,7 @@ import pyotp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from makings import CLIENT, CLIENT6, NOW, OBFUSCATION_KEY, SSH, RDP
+from makings import CLIENT, CLIENT6, NOW, OBFUSCATION_KEY, RDP, SSH
 
 from spa.core import compact, datagram, encoding, otp, sequence
 from spa.core.compact import AddressMode, Obfuscator

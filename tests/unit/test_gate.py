@@ -10,21 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from spa.carriers import dns
-from spa.carriers.sequence import Tracker
-from spa.core import datagram, encoding, kdf, otp
-from spa.core.events import (
-    Accepted, Carrier, Duplicate, Form, Knock, OtpCode, Reason, Rejection, Request, SequenceHit, StaticHit,
-)
-from spa.core.gate import Gate, GateSettings
-from spa.core.keyring import Keyring
-from spa.core.ledger import Ledger
-from spa.core.policy import Policy
-from spa.core.sequence import StaticSequence
-
 from makings import (
-    SERVER_ID,
     BOB_SEED,
     CLIENT,
     CLIENT6,
@@ -33,6 +19,7 @@ from makings import (
     OBFUSCATION_KEY,
     OTHER,
     RDP,
+    SERVER_ID,
     SSH,
     TOTP_SECRET,
     Bench,
@@ -40,6 +27,28 @@ from makings import (
     bob_record,
     make_bench,
 )
+
+from spa.carriers import dns
+from spa.carriers.sequence import Tracker
+from spa.core import datagram, encoding, kdf, otp
+from spa.core.events import (
+    Accepted,
+    Carrier,
+    Duplicate,
+    Form,
+    Knock,
+    OtpCode,
+    Reason,
+    Rejection,
+    Request,
+    SequenceHit,
+    StaticHit,
+)
+from spa.core.gate import Gate, GateSettings
+from spa.core.keyring import Keyring
+from spa.core.ledger import Ledger
+from spa.core.policy import Policy
+from spa.core.sequence import StaticSequence
 
 
 def reason(decision: object) -> Reason:

@@ -18,18 +18,18 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_config import _set_option
+from test_config import edits as _config_edits
 
 from spa.cli import main
 from spa.core import config, keys, otp
 from spa.core.keyring import Keyring
 from spa.core.ledger import Ledger
-from spa.daemon.worker import Worker
 from spa.daemon.listeners import wanted
+from spa.daemon.worker import Worker
 from spa.errors import ConfigError
 from spa.firewall import nft_render
 from spa.intake.bpf import compile_filter
-from test_config import _set_option
-from test_config import edits as _config_edits
 
 ALICE = ipaddress.ip_address("198.51.100.7")
 

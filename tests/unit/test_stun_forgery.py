@@ -21,7 +21,7 @@ FORGED = ipaddress.ip_address("203.0.113.66")
 
 def success(transaction: bytes, address: ipaddress.IPv4Address) -> bytes:
     key = struct.pack("!I", stun.MAGIC_COOKIE) + transaction
-    value = bytes([0, 1]) + bytes(2) + bytes(a ^ b for a, b in zip(address.packed, key))
+    value = bytes([0, 1]) + bytes(2) + bytes(a ^ b for a, b in zip(address.packed, key, strict=False))
     attribute = struct.pack("!HH", stun.XOR_MAPPED_ADDRESS, len(value)) + value
     return struct.pack("!HHI12s", stun.BINDING_SUCCESS, len(attribute), stun.MAGIC_COOKIE, transaction) + attribute
 

@@ -23,9 +23,8 @@ from hypothesis import strategies as st
 from spa.cli import main
 from spa.core import config as config_module
 from spa.core.events import Carrier, Grant, Request
-from spa.daemon import messages
+from spa.daemon import messages, statedir
 from spa.daemon.contain import COUNTER
-from spa.daemon import statedir
 from spa.daemon.statedir import STATUS
 from spa.daemon.supervisor import Supervisor, _Child
 from spa.firewall import open_backend

@@ -20,7 +20,6 @@ import pytest
 
 from spa.cli import main
 from spa.cli.firewall_cmd import describe_status, format_counters
-from spa.core import config as config_module
 from spa.core import keys, pathtrust
 from spa.daemon import messages, privdrop, statedir
 from spa.errors import SpaError

@@ -16,11 +16,12 @@ from typing import Any
 
 import pyotp
 import pytest
-from spa.core.events import Request
 import vectors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from spa.core.events import Request
 
 VECTORS: dict[str, Any] = json.loads(vectors.PATH.read_text())
 KEYS = VECTORS["keys"]
@@ -75,7 +76,7 @@ def test_extended_follows_the_spec(case: dict[str, Any]) -> None:
     head = bytes([0x12]) + KEYS["key_id"].to_bytes(2, "big") + case["time"].to_bytes(4, "big") + b"\x00"
     address = packed(case["address"])
     token = aes(O, head + h(bytes.fromhex(KEYS["mac_key"]), b"spa1 compact" + head + address)[:8])
-    hidden = bytes(a ^ b for a, b in zip(address, aes(O, token)))
+    hidden = bytes(a ^ b for a, b in zip(address, aes(O, token), strict=False))
     assert case["token"] == (token + hidden).hex() and case["dns_label"] == label(token + hidden)
     assert len(case["dns_label"]) <= 63
 
@@ -282,7 +283,7 @@ def test_misreading_mapped_addresses_accepts_a_refused_token() -> None:
     case = gate_case("extended token naming an IPv4-mapped address")
     data = base64.b32decode(case["input"].upper() + "=" * (-len(case["input"]) % 8))
     plain = aes(O, data[:16], decrypt=True)
-    address = bytes(a ^ b for a, b in zip(data[16:], aes(O, data[:16])))
+    address = bytes(a ^ b for a, b in zip(data[16:], aes(O, data[:16]), strict=False))
     assert ipaddress.ip_address(address).ipv4_mapped is not None
     assert h(bytes.fromhex(KEYS["mac_key"]), b"spa1 compact" + plain[:8] + address)[:8] == plain[8:]
     assert case["expect"] == "malformed"
@@ -303,7 +304,7 @@ def test_misreading_modes_accepts_a_refused_token(name: str, mode: int, covered:
     plain = aes(O, data[:16], decrypt=True)
     assert plain[0] == 0x10 | mode
     address = packed(case["source"]) if covered == "source" else bytes(
-        a ^ b for a, b in zip(data[16:], aes(O, data[:16])))
+        a ^ b for a, b in zip(data[16:], aes(O, data[:16]), strict=False))
     assert h(bytes.fromhex(KEYS["mac_key"]), b"spa1 compact" + plain[:8] + address)[:8] == plain[8:]
     assert case["expect"] == "malformed"
 

@@ -158,7 +158,7 @@ def raw_compact(mode: int, time: int, index: int, mac_address: bytes, key: bytes
 
 def raw_extended(mode: int, address: bytes, time: int = TIME) -> bytes:
     token = raw_compact(mode, time, 0, address)
-    return token + bytes(a ^ b for a, b in zip(address, _aes(OBFUSCATION_KEY, token)))
+    return token + bytes(a ^ b for a, b in zip(address, _aes(OBFUSCATION_KEY, token), strict=False))
 
 
 def raw_datagram(body: bytes, bound: bytes, random: bytes, *, signed: bool = False, sign_bound: bytes | None = None,

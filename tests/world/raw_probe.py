@@ -27,9 +27,9 @@ from typing import Any
 
 from scapy.config import conf
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
-from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6, IPerror6
+from scapy.layers.inet6 import ICMPv6DestUnreach, IPerror6, IPv6
 from scapy.packet import Packet, Raw
-from scapy.sendrecv import sr, sr1
+from scapy.sendrecv import sr1
 
 WAIT = 2.0  # seconds to wait for answers; replies on a veth take well under 1 ms
 PAYLOAD = b"spa?"
