@@ -94,7 +94,7 @@ NUMBERS: dict[str, tuple[int | None, int | None]] = {
     "sendto": (44, 206), "write": (1, 64), "writev": (20, 66), "pwrite64": (18, 68),
     "pwritev": (296, 70), "pwritev2": (328, 287), "sendfile": (40, 71), "splice": (275, 76),
     "ioctl": (16, 29), "dup": (32, 23), "dup2": (33, None), "dup3": (292, 24), "fcntl": (72, 25),
-    "clone": (56, 220), "clone3": (435, 435), "unshare": (272, 97), "setns": (308, 268),
+    "clone": (56, 220), "clone3": (435, 435), "prctl": (157, 167), "unshare": (272, 97), "setns": (308, 268),
     "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
     "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
     "move_mount": (429, 429), "open_tree": (428, 428), "mount_setattr": (442, 442),
@@ -137,6 +137,11 @@ ON_CAPTURE = {
 # (isatty, terminal size, O_NONBLOCK, close-on-exec, bytes readable). The rest
 # (interface flags, addresses, routes: SIOCS*) is refused even if a capability
 # came along.
+# prctl options refused: becoming dumpable again (then any process of the
+# worker's user may ptrace it, or pidfd_getfd its capture socket: an outside
+# review did that as another "nobody" process), or naming a ptracer.
+PR_SET_DUMPABLE, PR_SET_PTRACER = 4, 0x59616D61
+PRCTLS_DENIED = (PR_SET_DUMPABLE, PR_SET_PTRACER)
 IOCTLS = {"TCGETS": 0x5401, "TIOCGWINSZ": 0x5413, "FIONREAD": 0x541B, "FIONBIO": 0x5421,
           "FIONCLEX": 0x5450, "FIOCLEX": 0x5451}
 
@@ -187,14 +192,15 @@ def program(arch: Architecture, capture: Iterable[int]) -> list[Instruction]:
     items += [Op(JEQ_K, _number(arch, "clone3"), "nosys", None),
               Op(JEQ_K, _number(arch, "clone"), "to.clone", None),
               Op(JEQ_K, _number(arch, "fcntl"), "to.fcntl", None),
-              Op(JEQ_K, _number(arch, "ioctl"), "to.ioctl", None)]
+              Op(JEQ_K, _number(arch, "ioctl"), "to.ioctl", None),
+              Op(JEQ_K, _number(arch, "prctl"), "to.prctl", None)]
     for call, index in ON_CAPTURE.items():
         number = arch.number(call)
         if number is not None:
             items.append(Op(JEQ_K, number, f"to.fd{index}", None))
     items.append(allow)
     # Long jumps go through ``ja`` (32-bit offsets): each block below may hold many fds.
-    blocks = ["clone", "fcntl", "ioctl", *sorted({f"fd{index}" for index in ON_CAPTURE.values()})]
+    blocks = ["clone", "fcntl", "ioctl", "prctl", *sorted({f"fd{index}" for index in ON_CAPTURE.values()})]
     for block in blocks:
         items += [Label(f"to.{block}"), Op(JA, 0, block)]
     items += [Label("kill"), Op(RET_K, SECCOMP_RET_KILL_PROCESS), Label("deny"), deny,
@@ -207,6 +213,9 @@ def program(arch: Architecture, capture: Iterable[int]) -> list[Instruction]:
     items += [Label("ioctl"), *_is_capture(argument(0), fds, "ioctl.deny"), Op(LD_ABS, argument(1)),
               *(Op(JEQ_K, request, "ioctl.allow", None) for request in IOCTLS.values()),
               Label("ioctl.deny"), deny, Label("ioctl.allow"), allow]
+    items += [Label("prctl"), Op(LD_ABS, argument(0)),
+              *(Op(JEQ_K, option, "prctl.deny", None) for option in PRCTLS_DENIED), allow,
+              Label("prctl.deny"), deny]
     for index in sorted(set(ON_CAPTURE.values())):
         items += [Label(f"fd{index}"), *_is_capture(argument(index), fds, f"fd{index}.deny"), allow,
                   Label(f"fd{index}.deny"), deny]

@@ -49,13 +49,11 @@ def prepare(path: Path, account: privdrop.Account | None) -> int:
     that no one but root can change any directory on the way to it.
     """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.stat(path)
-    me, mine = os.geteuid(), os.getegid()
-    if (info.st_uid, info.st_gid) != (me, mine):
-        os.chown(path, me, mine)  # the layout before worker/: the worker's user owned it
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(path, 0o700)
-    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # By descriptor, and the mode set after the owner whatever it was: in the
+    # layout before worker/ the worker's user owned this directory, and could
+    # chmod it between a stat and the chown (an outside review's race).
+    _own(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC), os.geteuid(), os.getegid())
+    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         _prepare_worker(directory, path, account)
     except BaseException:
@@ -75,10 +73,24 @@ def _prepare_worker(directory: int, path: Path, account: privdrop.Account | None
     if not stat.S_ISDIR(info.st_mode):
         raise SpaError(f"{path / WORKER}: not a directory (move it away: spa keeps the worker's files there)")
     uid, gid = (account.uid, account.gid) if account else (os.geteuid(), os.getegid())
-    if (info.st_uid, info.st_gid) != (uid, gid):
-        os.chown(WORKER, uid, gid, dir_fd=directory, follow_symlinks=False)
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(WORKER, 0o700, dir_fd=directory)  # a directory, named in one only root can change
+    # Through a descriptor of the directory itself (O_NOFOLLOW): a link put in
+    # its place after the stat above fails to open instead of being followed.
+    _own(os.open(WORKER, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory), uid, gid)
+
+
+def _own(handle: int, uid: int, gid: int) -> None:
+    """Give the directory ``handle`` (O_PATH, closed here) to ``uid``, mode 0700.
+
+    Through /proc/self/fd: that names the inode opened, never a path to
+    resolve again, and needs no right to read the directory (root keeps
+    none over the worker's).
+    """
+    try:
+        via = f"/proc/self/fd/{handle}"
+        os.chown(via, uid, gid)
+        os.chmod(via, 0o700)
+    finally:
+        os.close(handle)
 
 
 def _adopt_legacy(directory: int) -> None:

@@ -71,7 +71,7 @@ def test_the_number_tables_match_the_kernel_headers(column: int) -> None:
 
 
 def test_every_named_call_has_a_number() -> None:
-    named = set(sandbox.DENIED) | set(sandbox.ON_CAPTURE) | {"clone", "clone3", "fcntl", "ioctl"}
+    named = set(sandbox.DENIED) | set(sandbox.ON_CAPTURE) | {"clone", "clone3", "fcntl", "ioctl", "prctl"}
     assert named <= set(sandbox.NUMBERS)
 
 
@@ -174,6 +174,9 @@ def _refused(capture: socket.socket, other: socket.socket, directory: Path) -> d
         "pidfd_getfd": outcome(lambda: _syscall("pidfd_getfd", 0, fd, 0)),
         "mount": outcome(lambda: _syscall("mount", 0, 0, 0, 0, 0)),
         "keyctl": outcome(lambda: _syscall("keyctl", 0, 0, 0, 0, 0)),
+        # Dumpable again, any process of the worker's user could pidfd_getfd its capture socket.
+        "prctl dumpable": outcome(lambda: _syscall("prctl", sandbox.PR_SET_DUMPABLE, 1, 0, 0, 0)),
+        "prctl ptracer": outcome(lambda: _syscall("prctl", sandbox.PR_SET_PTRACER, -1, 0, 0, 0)),
     }
 
 
@@ -225,6 +228,7 @@ def _allowed(capture: socket.socket, other: socket.socket, directory: Path) -> d
         "files in the state directory": outcome(files),
         "fork": in_child(lambda: None),
         "thread": outcome(thread_runs),
+        "other prctl": outcome(lambda: _syscall("prctl", 3, 0, 0, 0, 0)),  # PR_GET_DUMPABLE: reads stay
     }
 
 

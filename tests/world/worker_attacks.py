@@ -129,6 +129,8 @@ def attempts(listeners: Listeners, interface: str, index: int) -> dict[str, str]
         "unshare": in_child(lambda: _libc_call(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET))),
         "io_uring": outcome(lambda: _libc_call(_libc.syscall(IO_URING_SETUP, 1, ctypes.create_string_buffer(120)))),
         "x32 syscall": outcome(lambda: _libc_call(_libc.syscall(X32_GETPID))),
+        # Dumpable, any process of the worker's user could take its capture socket (pidfd_getfd).
+        "become dumpable": outcome(lambda: _libc_call(_libc.prctl(4, 1, 0, 0, 0))),
         # What the worker must still do: read its capture, count its drops, answer DNS.
         "may read capture": outcome(lambda: capture.recv(2048)),
         "may read statistics": outcome(lambda: capture.getsockopt(SOL_PACKET, 6, 8)),
