@@ -434,8 +434,9 @@ def _judge(query: _Parsed, zone: Zone) -> _Verdict:
         if qtype == TYPE_NS:
             return _Verdict(NOERROR, None, (plan.ns, _EMPTY, plan.glue), True, True, zone_at)
         if qtype == TYPE_ANY:
-            apex = _concat(plan.soa, plan.ns, host[2]) if host is not None else _concat(plan.soa, plan.ns)
-            return _Verdict(NOERROR, None, (apex, _EMPTY, plan.glue), True, True, zone_at)
+            # RFC 8482: one small answer, the SOA; ANY with NS and glue made a
+            # 39-byte query 578 bytes (an outside review's measurement).
+            return _Verdict(NOERROR, None, (plan.soa, _EMPTY, _EMPTY), True, True, zone_at)
     label = None
     if depth == 1 and host is None:
         raw = qname[1:starts[1]]
@@ -483,7 +484,7 @@ def _build(query: _Parsed, verdict: _Verdict, limit: int) -> bytes:
     return head + question + opt
 
 
-def answer(message: bytes, zone: Zone, max_size: int = UDP_SIZE) -> Query:
+def answer(message: bytes, zone: Zone, max_size: int = UDP_SIZE, truncate: bool = False) -> Query:
     """Answer one DNS message for ``zone``; never raises on any input.
 
     ``max_size`` is the most the transport carries: ``UDP_SIZE`` (512) for
@@ -495,6 +496,10 @@ def answer(message: bytes, zone: Zone, max_size: int = UDP_SIZE) -> Query:
     if examined is None:
         return Query(None, None)
     query, verdict = examined
+    if truncate:
+        # Response rate limiting's "slip": only the header and the question,
+        # with TC set, so a real resolver retries over TCP (RFC 7766).
+        return Query(verdict.label, _build(query, verdict, 0))
     limit = max_size
     if query.opt is not None:
         # RFC 6891: sizes below 512 mean 512; our ceiling avoids fragments.

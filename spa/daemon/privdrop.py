@@ -82,7 +82,7 @@ def drop(to: Account) -> None:
         pass
     else:
         raise PrivilegeError("could regain root after dropping it")
-    if effective_capabilities() != 0:
+    if own_capabilities() != (0, 0, 0):
         raise PrivilegeError("capabilities remain after dropping root")
 
 
@@ -108,6 +108,20 @@ def shed_capabilities() -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     if any(capabilities("self").values()):
         raise PrivilegeError("capabilities remain after giving them up")
+
+
+def own_capabilities() -> tuple[int, int, int]:
+    """This process's effective, permitted and inheritable sets, from capget(2).
+
+    Not from /proc: the worker has none (sandbox.hide_processes).
+    """
+    header = ctypes.create_string_buffer(struct.pack("=Ii", LINUX_CAPABILITY_VERSION_3, 0))
+    data = ctypes.create_string_buffer(24)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.capget(header, data) != 0:
+        raise PrivilegeError(f"capget failed: {os.strerror(ctypes.get_errno())}")
+    low_eff, low_perm, low_inh, high_eff, high_perm, high_inh = struct.unpack("=6I", data.raw)
+    return low_eff | high_eff << 32, low_perm | high_perm << 32, low_inh | high_inh << 32
 
 
 def effective_capabilities(pid: int | str = "self") -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from spa.core import addresses
 from spa.core.events import Grant
 from spa.core.keyring import Keyring
+from spa.core.limits import Buckets
 from spa.core.policy import Policy
 from spa.firewall.settings import FirewallSettings
 
@@ -48,3 +49,34 @@ def refusal(grant: Grant, keyring: Keyring, firewall: FirewallSettings) -> str |
     if why:
         return why
     return None
+
+
+class GrantBudget:
+    """How many grants root applies per key: what honest knocks can ask for, no more.
+
+    The gate lets a key through ``key_rate`` knocks a second (burst
+    ``key_burst``), each asking for at most every port of its policy once.
+    A subverted worker is not held by the gate, so root counts too: without
+    it an outside review had root apply 20,000 grants in 5 s, one per
+    address, each within policy (kernel memory, root's log, and one thread
+    per grant for the command backend).
+    """
+
+    def __init__(self, keyring: Keyring, rate: float, burst: int) -> None:
+        self.keyring = keyring
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[int, Buckets] = {}  # by how many ports a policy opens
+
+    def refusal(self, grant: Grant, now: float) -> str | None:
+        """Why this grant exceeds its key's budget (counted if not), or None."""
+        policy = policy_for(grant.key, self.keyring)
+        ports = len(policy.open) if policy else 1
+        buckets = self._buckets.get(ports)
+        if buckets is None:
+            size = max(16, len(self.keyring) + len(self.keyring.statics))
+            buckets = self._buckets[ports] = Buckets(self.rate * ports, self.burst * ports, size)
+        if buckets.take(grant.key, now):
+            return None
+        return f"{grant.key} asked for more grants than its knocks could (key_rate)"
+

@@ -266,3 +266,33 @@ def _prctl(option: int, value: int, pointer: int) -> None:
                   ctypes.c_ulong(0)) != 0:
         raise SandboxError(f"the kernel refused the worker's seccomp filter (prctl {option}): "
                            f"{os.strerror(ctypes.get_errno())}")
+
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+MS_REC, MS_PRIVATE = 0x4000, 0x40000
+
+
+def hide_processes() -> None:
+    """Give this process a mount namespace of its own whose /proc is an empty,
+    read-only tmpfs. Needs root (CAP_SYS_ADMIN); call before dropping it.
+
+    seccomp cannot filter paths, and a process may open /proc/<pid>/mem of
+    any other dumpable process of its own user: an outside review did that
+    from the worker to another "nobody" process, which has no sandbox. With
+    no /proc the worker sees no process at all (it needs none: its state
+    directory and its sockets are already open, and privdrop checks its
+    capabilities with capget, not /proc).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def call(result: int, what: str) -> None:
+        if result != 0:
+            raise SandboxError(f"the worker could not hide /proc ({what}): {os.strerror(ctypes.get_errno())}")
+
+    call(libc.unshare(ctypes.c_int(CLONE_NEWNS)), "unshare")
+    # Private first, so nothing mounted here leaks back into the host's namespace.
+    call(libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None), "private mounts")
+    flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    call(libc.mount(b"none", b"/proc", b"tmpfs", ctypes.c_ulong(flags), b"size=4k,mode=0555"), "mount")
+

@@ -130,6 +130,7 @@ class Supervisor:
         self.crashes: list[float] = []
         self.granted = 0
         self.held: list[messages.Timed] = []  # re-checked grants waiting for the worker's Synced
+        self.grant_budget = self._budget()
         self.watch: NftWatch | None = None
         self.state: int | None = None  # root's part of the state directory (statedir.py)
         self.clock = ClockWatch(time.time, time.monotonic, self.config.gate.time_window)
@@ -297,10 +298,14 @@ class Supervisor:
             return False
         self._stop_child()
         self.config, self.keyring = new, keyring
+        self.grant_budget = self._budget()
         self.clock.time_window = new.gate.time_window
         self._spawn()
         log.info(f"reloaded {self.config_path}: {len(keyring)} keys, {len(new.statics)} fixed sequences")
         return True
+
+    def _budget(self) -> recheck.GrantBudget:
+        return recheck.GrantBudget(self.keyring, self.config.gate.key_rate, self.config.gate.key_burst)
 
     # -- the worker ------------------------------------------------------------
 
@@ -367,6 +372,7 @@ class Supervisor:
         else:
             # Checked now, while the worker fsyncs the ledger; applied on Synced.
             why = recheck.refusal(message.grant, self.keyring, self.config.firewall)
+            why = why or self.grant_budget.refusal(message.grant, time.time())
             if why:
                 log.error(f"refused a grant the worker asked for: {why}")
             elif len(self.held) >= MAX_HELD:
@@ -501,6 +507,7 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
     _close_other_fds(keep)  # the firewall's netlink socket above all
     os.umask(0o077)
     if account is not None:
+        sandbox.hide_processes()  # while root: no /proc/<pid>/mem of other processes of the worker's user
         privdrop.drop(account)
         privdrop.die_with_parent(supervisor)  # the new credentials cleared the first request
     else:

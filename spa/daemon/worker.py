@@ -26,6 +26,7 @@ from spa.core.gate import Gate
 from spa.core.guesses import Guesses
 from spa.core.keyring import Keyring
 from spa.core.ledger import Ledger
+from spa.core.limits import Buckets
 from spa.intake import packet as packets
 
 from . import messages, report
@@ -39,6 +40,16 @@ ICMP_PROTOCOLS = (1, 58)
 TCP, UDP = 6, 17
 JUNK_REPORT_EVERY = 60.0  # seconds between "dropped N malformed" lines
 STATS_EVERY = 5.0  # seconds between counter reports to the supervisor
+# Rejection lines a second (and at once): anyone can make rejections without a
+# key (a name that is no key, through any open resolver), and a journal they
+# fill rotates away the lines that matter; warnings have a budget of their own.
+LOG_RATE, LOG_BURST = 10.0, 50
+WARN_RATE, WARN_BURST = 1.0, 20
+# DNS answers over UDP a second per source prefix (/24, /56): the source of a
+# UDP query can be forged, so beyond this an answer is a reflection at
+# someone else. Over it every other query gets a truncated answer (a real
+# resolver then asks over TCP), the rest nothing; knocks are heard all the same.
+DNS_RATE, DNS_BURST = 20.0, 100
 
 
 class Worker:
@@ -60,6 +71,11 @@ class Worker:
         self._sequence_step: int | None = None
         self._junk_reported = 0
         self._junk_at = 0.0
+        self._lines = Buckets(LOG_RATE, LOG_BURST, 2)
+        self._warnings = Buckets(WARN_RATE, WARN_BURST, 2)
+        self._suppressed_reported = 0
+        self._answers = Buckets(DNS_RATE, DNS_BURST, config.gate.tracked_sources)
+        self._slip = False
 
     # -- input -------------------------------------------------------------
 
@@ -109,6 +125,17 @@ class Worker:
             self.counts["dns.unanswered"] += 1
         return query
 
+    def udp_query(self, message: bytes, source: IPAddress, now: float) -> dns.Query:
+        """:meth:`dns_query` for a UDP query from ``source``, under response rate limiting."""
+        prefix = source.packed[:3] if source.version == 4 else source.packed[:7]
+        if self._answers.take(prefix, now):
+            return self.dns_query(message)
+        self.counts["dns.rate_limited"] += 1
+        self._slip = not self._slip
+        assert self.zone is not None
+        query = dns.answer(message, self.zone, truncate=True)
+        return query if self._slip else dns.Query(query.label, None)
+
     def label(self, label: str, source: IPAddress, now: float) -> Decision | None:
         knock = dns.knock(label, source, now)
         if knock is None:
@@ -132,7 +159,11 @@ class Worker:
         rejection = report.most_telling(rejections)
         line = report.describe(rejection)
         if line:
-            log.log(logging.WARNING if rejection.alarm else logging.INFO, line)
+            budget = self._warnings if rejection.alarm else self._lines
+            if budget.take(0, candidates[0].received):
+                log.log(logging.WARNING if rejection.alarm else logging.INFO, line)
+            else:
+                self.counts["log.suppressed"] += 1
         return rejection
 
     def _release(self, decision: Accepted, received: float) -> Decision:
@@ -181,6 +212,11 @@ class Worker:
             log.info(f"{malformed - self._junk_reported} packets since the last report were not knocks")
             self._junk_reported = malformed
             self._junk_at = now
+        suppressed = self.counts["log.suppressed"]
+        if suppressed > self._suppressed_reported:
+            log.warning(f"{suppressed - self._suppressed_reported} rejections not logged one by one "
+                        f"(more than {LOG_RATE:g} a second); their reasons are in the counters (spa status)")
+            self._suppressed_reported = suppressed
 
     def stats(self) -> dict[str, int]:
         merged = Counter(self.counts)
@@ -320,13 +356,12 @@ class Loop:
 
     def _udp_query(self, sock: socket.socket, message: bytes, peer: socket._RetAddress) -> None:
         worker = self.worker
-        query = worker.dns_query(message)
-        if query.response is None:
-            return
-        try:
-            sock.sendto(query.response, peer)
-        except OSError:
-            worker.counts["dns.send_failed"] += 1
+        query = worker.udp_query(message, addresses.from_socket(peer[0]), time.time())
+        if query.response is not None:
+            try:
+                sock.sendto(query.response, peer)
+            except OSError:
+                worker.counts["dns.send_failed"] += 1
         if query.label:
             self._heard(query.label, peer)
 

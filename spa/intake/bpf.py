@@ -14,7 +14,7 @@ The program sees the packet from its IP header on (``AF_PACKET`` with
 ``SOCK_DGRAM``) and checks, in order: that the packet was addressed to this
 host at the link layer (the kernel's packet type is PACKET_HOST: not a frame
 for another machine heard in promiscuous mode, nor a broadcast or multicast);
-IP version nibble; for IPv4 that the
+IP version nibble; for IPv4 that the header length is at least 5 words and the
 packet is not a fragment (offset or more-fragments bit, the same rule as
 :func:`spa.intake.packet.parse`), and the header length via the
 ``ldx 4*([0]&0xf)`` idiom so IPv4 options are honoured; then protocol,
@@ -272,6 +272,11 @@ def compile_filter(wanted: Wanted, snaplen: int = 2048) -> list[Instruction]:
         # IPv4: no fragments, X = header length (IHL * 4, options included).
         Op(LDH_ABS, 6),
         Op(JSET_K, _V4_FRAGMENTED, "reject", None),
+        # A header length under 5 words would read the "ports" from the IP
+        # header itself (an outside review sent IHL 0 with total length 62201).
+        Op(LDB_ABS, 0),
+        Op(AND_K, 0x0F),
+        Op(JGE_K, 5, None, "reject"),
         Op(LDX_MSH, 0),
         Op(LDB_ABS, 9),
         *dispatch(ICMP, "icmp4"),

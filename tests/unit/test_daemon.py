@@ -280,7 +280,9 @@ def test_supervisor_applies_a_grant_only_after_the_workers_synced(setup: tuple[P
     supervisor._handle(timed(key="mallory"))  # refused at once, never held
     for number in range(MAX_HELD + 5):  # a subverted worker cannot pile up grants
         supervisor._handle(timed(f"198.51.101.{number}"))
-    assert len(supervisor.held) == MAX_HELD
+    # Held up to MAX_HELD, and before that the key's grant budget (2 of it spent above) stops them.
+    ports = len(supervisor.keyring.by_name["alice"].record.policy.open)
+    assert len(supervisor.held) == min(MAX_HELD, supervisor.config.gate.key_burst * ports - 2)
 
 
 def test_a_late_grant_gets_only_what_is_left_of_it(setup: tuple[Path, Path]) -> None:
@@ -365,3 +367,69 @@ def test_the_first_wrong_code_and_the_spent_budget_are_warnings(tmp_path: Path, 
     assert [level for level, _ in levels] == [warn, info, warn, info, warn], levels
     assert "first sign of guessing" in levels[0][1] and "half the budget" in levels[2][1]
     assert "its codes are refused now" in levels[4][1]
+
+
+def test_root_applies_no_more_grants_per_key_than_its_knocks_could_ask_for(setup: tuple[Path, Path]) -> None:
+    """A subverted worker is not held by the gate: an outside review had root
+    apply 20,000 grants in 5 s, every one within policy. Root counts per key now."""
+    from spa.daemon import recheck
+
+    config_path, _ = setup
+    config = config_module.load(config_path)
+    keyring = config_module.load_keyring(config)
+    budget = recheck.GrantBudget(keyring, config.gate.key_rate, config.gate.key_burst)
+    ports = len(keyring.by_name["alice"].record.policy.open)
+    now = 1_700_000_000.0
+    flood = [Grant(ipaddress.ip_address(f"10.100.{n // 256}.{n % 256}"), SSH, 30, "alice", Carrier.UDP, False)
+             for n in range(1000)]
+    applied = sum(budget.refusal(grant, now) is None for grant in flood)
+    assert applied == config.gate.key_burst * ports, applied
+    # Honest knocks refill it as the gate's own key rate does.
+    later = now + 10 / config.gate.key_rate
+    assert budget.refusal(flood[0], later) is None
+
+
+def test_rejections_nobody_needs_a_key_for_cannot_flood_the_log(
+    setup: tuple[Path, Path], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outside review wrote 3,000 journal lines with 3,000 queries for names
+    that are no key (through any resolver: no spoofing needed)."""
+    worker, _ = make_worker(setup[0])
+    caplog.set_level(logging.INFO, logger="spa")
+    now = 1_760_000_000.0
+    for n in range(3000):
+        worker.label(f"nobody{n % 1000}-123456", ALICE, now + n / 1000)  # 3 s of them
+    lines = [r for r in caplog.records if "unknown key" in r.getMessage()]
+    assert 50 <= len(lines) <= 50 + 10 * 3 + 1, len(lines)
+    assert worker.counts["log.suppressed"] == 3000 - len(lines)
+    worker.tick(now + 3)
+    assert any("rejections not logged one by one" in r.getMessage() for r in caplog.records)
+    assert worker.stats()["gate.unknown_key"] == 3000  # every one still counted
+
+
+def test_dns_answers_to_one_source_prefix_are_rate_limited_but_knocks_are_heard(setup: tuple[Path, Path]) -> None:
+    """A UDP query's source can be forged: beyond the rate, answers would be
+    reflections at a victim (an outside review measured up to 14.8x)."""
+    from dnslib import DNSRecord
+
+    from spa.daemon.worker import DNS_BURST
+
+    worker, _ = make_worker(setup[0])
+    zone = worker.zone
+    assert zone is not None
+    victim = ipaddress.ip_address("203.0.113.77")
+    question = DNSRecord.question("knock.test", "NS").pack()
+    now = 1_760_000_000.0
+    answers = [worker.udp_query(question, victim, now) for _ in range(DNS_BURST + 100)]
+    full = [a for a in answers if a.response is not None and not DNSRecord.parse(a.response).header.tc]
+    slipped = [a for a in answers if a.response is not None and DNSRecord.parse(a.response).header.tc]
+    assert len(full) == DNS_BURST and len(slipped) == 50, (len(full), len(slipped))
+    assert sum(len(a.response or b"") for a in answers[DNS_BURST:]) <= 100 * len(question), "still amplifying"
+    # The neighbour in the same /24 shares the budget; another prefix does not.
+    neighbour = worker.udp_query(question, ipaddress.ip_address("203.0.113.78"), now)
+    assert neighbour.response is None or DNSRecord.parse(neighbour.response).header.tc
+    other = worker.udp_query(question, ipaddress.ip_address("198.51.100.1"), now)
+    assert other.response is not None and not DNSRecord.parse(other.response).header.tc
+    # A knock inside a rate-limited query is still read.
+    knock = DNSRecord.question("aaaaaaaaaaaaaaaaaaaaaaaaaa.knock.test", "A").pack()
+    assert worker.udp_query(knock, victim, now).label == "aaaaaaaaaaaaaaaaaaaaaaaaaa"

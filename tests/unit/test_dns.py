@@ -163,10 +163,22 @@ def test_name_servers_outside_the_zone_get_no_glue() -> None:
     assert soa_of(soa)[2] == "ns1.example.net."
 
 
-def test_apex_any_is_soa_and_ns() -> None:
-    record = reply(query("knock.example.com", "ANY"))
-    assert [QTYPE[rr.rtype] for rr in record.rr] == ["SOA", "NS"]
-    assert len(record.ar) == 2
+def test_apex_any_is_the_soa_alone() -> None:
+    """RFC 8482. With NS and glue an outside review made 39 bytes into 578."""
+    question = query("knock.example.com", "ANY")
+    answer = dns.answer(question, ZONE).response
+    assert answer is not None
+    record = DNSRecord.parse(answer)
+    assert [QTYPE[rr.rtype] for rr in record.rr] == ["SOA"] and not record.ar and not record.auth
+    assert len(answer) <= 3 * len(question), (len(question), len(answer))
+
+
+def test_a_rate_limited_answer_is_truncated_and_still_names_the_label() -> None:
+    question = query("aaaaaaaaaaaaaaaaaaaaaaaaaa.knock.example.com", "A")
+    slipped = dns.answer(question, ZONE, truncate=True)
+    assert slipped.label == "aaaaaaaaaaaaaaaaaaaaaaaaaa" and slipped.response is not None
+    record = DNSRecord.parse(slipped.response)
+    assert record.header.tc and not record.rr and not record.auth and len(slipped.response) <= len(question) + 12
 
 
 @pytest.mark.parametrize("qtype", ["A", "AAAA", "TXT", "MX", "DS", "DNSKEY", "CAA"])
