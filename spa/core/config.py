@@ -8,6 +8,7 @@ file are relative to the file's own directory.
 from __future__ import annotations
 
 import ipaddress
+import os
 import pwd
 import re
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from . import pathtrust, tomlfile
 from .events import Carrier, IPAddress, Request
 from .gate import GateSettings
 from .keyring import Keyring
-from .keys import KEY_SUFFIX, check_private, load_store
+from .keys import KEY_SUFFIX, check_server_private, load_store
 from .policy import POLICY_OPTIONS, Policy, read_policy
 from .sequence import SequenceRule, StaticSequence, knock_ports
 from .tomlfile import Document
@@ -413,7 +414,7 @@ def read_server_secret(path: Path) -> bytes:
     """The server-wide obfuscation key: 64 hex digits in a private file."""
     if not path.is_file():
         raise ConfigError(str(path), None, None, "server secret file missing (spa init makes one)")
-    check_private(path)
+    check_server_private(path)
     text = path.read_text(encoding="ascii", errors="replace").strip()
     try:
         secret = bytes.fromhex(text)
@@ -433,6 +434,13 @@ def check_ownership(config: Config) -> None:
     had a part of root's own (spa serve takes it back).
     """
     owners = pathtrust.trusted_owners()
+    if os.geteuid() != 0:
+        # Not root: the worker runs as this very user (there is no root to
+        # drop), so what this user may change, a compromised worker may change
+        # (an outside review rewrote spa.toml and server.secret that way).
+        # Only root may own the config, the secret and the keys then
+        # (readable by spa's group: keys.check_server_private).
+        owners = frozenset({0})
     for path in (config.path, config.secret_file, config.keys_dir):
         pathtrust.check(path, owners)
     if config.keys_dir.is_dir():
@@ -442,7 +450,7 @@ def check_ownership(config: Config) -> None:
         legacy = frozenset({pwd.getpwnam(config.user).pw_uid})
     except KeyError:
         legacy = frozenset()
-    pathtrust.check(config.state_dir, owners, owners | legacy)
+    pathtrust.check(config.state_dir, owners, owners | legacy | {os.geteuid()})
 
 
 def load_keyring(config: Config) -> Keyring:

@@ -44,6 +44,21 @@ def check_private(path: Path) -> None:
         )
 
 
+def check_server_private(path: Path) -> None:
+    """:func:`check_private` for the server's own secrets (key store, server secret).
+
+    One exception: spa started as a user other than root (a unit with
+    ``User=`` and capabilities) cannot own its secrets, since its worker
+    runs as that same user and must not be able to change them; root owns
+    them then, readable by the group spa runs as (mode 0640).
+    """
+    info = os.stat(path)
+    mode = stat.S_IMODE(info.st_mode)
+    if os.geteuid() != 0 and info.st_uid == 0 and info.st_gid == os.getegid() and not mode & 0o037:
+        return
+    check_private(path)
+
+
 def write_private(path: Path, text: str) -> None:
     """Write a secret file with mode 0600 from its first byte, atomically.
 
@@ -258,7 +273,7 @@ def load_record(path: Path, defaults: Policy | None, protected: tuple[Request, .
     With ``protected`` given, every port the key may open must be among them;
     ``single_use`` False (the firewall cannot do it) refuses a single-use policy.
     """
-    check_private(path)
+    check_server_private(path)
     doc = tomlfile.load(path)
     _only_known(doc, {"name", "key_id", "secret", "public_key", "totp_secret", "totp_digits",
                       "emergency_secret", "emergency_count", "policy"})

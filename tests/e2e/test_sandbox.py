@@ -52,8 +52,15 @@ def attacked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     prefix: list[str] = []
     if request.param != "root":
         prefix = AS_NOBODY
+        # The config, secret and keys stay root's, readable by nobody's group:
+        # the worker is nobody here too, and must not be able to change them.
+        state = knocking.served.directory / "state"
         for path in [knocking.served.directory, *knocking.served.directory.rglob("*")]:
-            os.chown(path, NOBODY, NOBODY)
+            if path == state or state in path.parents:
+                os.chown(path, NOBODY, NOBODY)
+            else:
+                os.chown(path, 0, NOBODY)
+                os.chmod(path, 0o750 if path.is_dir() else 0o640)
     monkeypatch.setattr(served_module, "SPA", [*prefix, sys.executable, str(ATTACKS)])
     knocking.served.start()
     return knocking
@@ -72,6 +79,9 @@ def test_the_dropped_worker_cannot_sniff_or_spoof(attacked: Knocking) -> None:
     assert capabilities == dict.fromkeys(capabilities, 0), capabilities
     outcomes = _outcomes(attacked)
     seen = outcomes.pop("see other processes")
+    # Its own user cannot change what root trusts (found by an outside review when spa ran as nobody).
+    changes = {name: outcomes.pop(name) for name in ("change the config", "change the server secret", "add a key")}
+    assert changes == dict.fromkeys(changes, "EACCES"), changes
     refusals = {name: got for name, got in outcomes.items() if name not in MAY}
     assert len(refusals) >= 16, outcomes
     allowed = {name: got for name, got in refusals.items() if got != "EPERM"}

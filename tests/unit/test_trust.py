@@ -307,3 +307,26 @@ def test_write_private_never_writes_through_planted_links(tmp_path: Path) -> Non
     written = loose / "alice.spakey"
     assert not written.is_symlink() and written.read_text() == "secret\n"
     assert stat.S_IMODE(os.stat(written).st_mode) == 0o600
+
+
+def test_started_as_another_user_spa_trusts_only_roots_files(server: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not root, the worker is spa's own user: an outside review had it rewrite
+    spa.toml and server.secret, which that user owned. Root owns them then,
+    readable by spa's group (0640), and a file of spa's own user is refused."""
+    from spa.core import config as config_module
+
+    nobody = pwd.getpwnam("nobody")
+    secret = server.parent / "server.secret"
+    os.chown(secret, 0, nobody.pw_gid)
+    os.chmod(secret, 0o640)
+    monkeypatch.setattr(os, "geteuid", lambda: nobody.pw_uid)
+    monkeypatch.setattr(os, "getegid", lambda: nobody.pw_gid)
+    keys.check_server_private(secret)  # root's, group read for spa's group: fine
+    os.chmod(secret, 0o660)
+    with pytest.raises(SpaError, match="readable by group or others"):
+        keys.check_server_private(secret)  # the group could write it
+    os.chmod(secret, 0o640)
+    config = config_module.load(server)
+    os.chown(server, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(SpaError, match=str(server)):
+        config_module.check_ownership(config)  # spa's own user may change it: so could its worker

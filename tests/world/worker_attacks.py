@@ -26,6 +26,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from spa.cli import main
@@ -34,6 +35,8 @@ from spa.daemon.listeners import Listeners
 from spa.intake import bpf
 
 MARK = "worker-attacks: "
+# The config of this run (``serve --config FILE``): what a compromised worker would rewrite.
+CONFIG = Path(sys.argv[sys.argv.index("--config") + 1]) if "--config" in sys.argv else Path("/nonexistent")
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
@@ -133,6 +136,10 @@ def attempts(listeners: Listeners, interface: str, index: int) -> dict[str, str]
         "become dumpable": outcome(lambda: _libc_call(_libc.prctl(4, 1, 0, 0, 0))),
         # Another process's memory goes through /proc (seccomp cannot filter paths): gone when started as root.
         "see other processes": outcome(lambda: open("/proc/1/status").close()),
+        # What a reload or restart would then load: the worker must not be able to change it.
+        "change the config": outcome(lambda: open(CONFIG, "a").close()),
+        "change the server secret": outcome(lambda: open(CONFIG.parent / "server.secret", "a").close()),
+        "add a key": outcome(lambda: open(CONFIG.parent / "keys" / "mallory.toml", "x").close()),
         # What the worker must still do: read its capture, count its drops, answer DNS.
         "may read capture": outcome(lambda: capture.recv(2048)),
         "may read statistics": outcome(lambda: capture.getsockopt(SOL_PACKET, 6, 8)),
