@@ -83,6 +83,10 @@ class Tracker:
         self._depth = 1
         self.set_statics(statics)
 
+    def buckets(self) -> dict[str, Buckets]:
+        """The hit budget, for spa.core.rates to save and restore (none when unlimited)."""
+        return {"hits": self._budget} if self._budget is not None else {}
+
     def set_statics(self, statics: tuple[StaticSequence, ...]) -> None:
         """Replace the fixed sequences (on reload). Progress so far is kept."""
         by_last: dict[tuple[int, int], list[tuple[StaticSequence, tuple[tuple[int, int], ...]]]] = {}

@@ -80,8 +80,8 @@ class Gate:
     """Decides knocks against a keyring, a ledger, the wrong-code state and bounded rate state.
 
     The ledger and the wrong-code state (``guesses``) are what a restart must
-    not forget; the daemon passes persistent ones. The rate buckets refill
-    within seconds and live in memory (docs/gate.md, "What a restart keeps").
+    not forget; the daemon passes persistent ones. The rate buckets are
+    saved whole every few seconds and at a stop (spa.core.rates).
     """
 
     def __init__(self, keyring: Keyring, ledger: Ledger, settings: GateSettings | None = None,
@@ -102,6 +102,10 @@ class Gate:
             Form.SEQUENCE: self._sequence,
             Form.STATIC: self._static,
         }
+
+    def buckets(self) -> dict[str, Buckets]:
+        """The rate buckets, by name, for spa.core.rates to save and restore."""
+        return {"source": self._source_rate, "key": self._key_rate}
 
     def replace_keyring(self, keyring: Keyring) -> None:
         """Swap in reloaded keys; replay and rate state carry over."""

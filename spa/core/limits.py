@@ -36,6 +36,17 @@ class Buckets:
     def __len__(self) -> int:
         return len(self._full_at)
 
+    def pending(self, now: float) -> list[tuple[Hashable, float]]:
+        """Every key whose bucket is not full at ``now``, with when it will be (spa.core.rates)."""
+        return [(key, full_at) for key, full_at in self._full_at.items() if full_at > now]
+
+    def restore(self, key: Hashable, full_at: float) -> None:
+        """Put back a key's state read from a file (the bucket fills up by ``full_at``)."""
+        self._full_at.pop(key, None)
+        self._full_at[key] = full_at
+        if len(self._full_at) > self.capacity:
+            del self._full_at[next(iter(self._full_at))]
+
     def take(self, key: Hashable, now: float) -> bool:
         """Spend one token for ``key``; False if its bucket is empty."""
         full_at = max(self._full_at.pop(key, now), now)

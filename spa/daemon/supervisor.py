@@ -29,6 +29,7 @@ from spa.core.config import Config
 from spa.core.guesses import FileGuesses
 from spa.core.keyring import Keyring
 from spa.core.ledger import FileLedger
+from spa.core.rates import RateFile
 from spa.errors import SpaError
 from spa.firewall import Backend, FirewallError, open_backend
 from spa.firewall.watch import NftWatch
@@ -44,6 +45,7 @@ T = TypeVar("T")
 
 LEDGER = "ledger"  # in the worker's part of the state directory
 GUESSES = "guesses"  # wrong one-time codes (spa.core.guesses), beside the ledger
+RATES = "rates"  # the rate limits, saved whole (spa.core.rates)
 STOP_WAIT = 5.0  # seconds a worker gets to finish before SIGKILL
 CRASHES_ALLOWED = 5  # worker crashes within CRASH_PERIOD before the supervisor gives up
 CRASH_PERIOD = 60.0
@@ -524,7 +526,8 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
         user = account.name if account else "this user"
         why = problem.strerror or problem
         raise SpaError(f"{config.state_dir}: replay state not writable by {user}: {why}") from None
-    worker = Worker(config, keyring, ledger, pipe_emitter(pipe), guesses)
+    rates = RateFile(config.state_dir / statedir.WORKER / RATES, state)
+    worker = Worker(config, keyring, ledger, pipe_emitter(pipe), guesses, rates)
     try:
         return serve(worker, listeners, pipe)
     finally:

@@ -27,6 +27,7 @@ from spa.core.guesses import Guesses
 from spa.core.keyring import Keyring
 from spa.core.ledger import Ledger
 from spa.core.limits import Buckets
+from spa.core.rates import SAVE_EVERY, RateFile
 from spa.intake import packet as packets
 
 from . import messages, report
@@ -56,7 +57,7 @@ class Worker:
     """Turns captured packets and DNS queries into decisions and grants."""
 
     def __init__(self, config: Config, keyring: Keyring, ledger: Ledger, emit: Callable[[messages.Message], None],
-                 guesses: Guesses | None = None) -> None:
+                 guesses: Guesses | None = None, rates: RateFile | None = None) -> None:
         self.config = config
         self.gate = Gate(keyring, ledger, config.gate, guesses)
         self.emit = emit
@@ -76,6 +77,10 @@ class Worker:
         self._suppressed_reported = 0
         self._answers = Buckets(DNS_RATE, DNS_BURST, config.gate.tracked_sources)
         self._slip = False
+        self.rates = rates
+        self._rates_saved = 0.0
+        if rates is not None:
+            rates.load(self.buckets(), time.time())
 
     # -- input -------------------------------------------------------------
 
@@ -203,9 +208,25 @@ class Worker:
             self._sequence_step = step
             self.tracker.set_otp(self.gate.sequences(now))
 
+    def buckets(self) -> dict[str, Buckets]:
+        """Every rate limit of this worker, by name (spa.core.rates)."""
+        return {**self.gate.buckets(), **self.tracker.buckets(), "dns": self._answers}
+
+    def save_rates(self, now: float) -> None:
+        """Save the rate limits (at a stop, and every few seconds from :meth:`tick`)."""
+        if self.rates is None:
+            return
+        self._rates_saved = now
+        try:
+            self.rates.save(self.buckets(), now)
+        except OSError:
+            self.counts["rates.unsaved"] += 1
+
     def tick(self, now: float) -> None:
-        """Once a second or so: sequence table, and a summary of junk."""
+        """Once a second or so: sequence table, a summary of junk, the rate limits saved."""
         self._refresh_sequences(now)
+        if now - self._rates_saved >= SAVE_EVERY:
+            self.save_rates(now)
         malformed = self.gate.counts.get("MALFORMED", 0) + self.counts["junk"]
         if malformed > self._junk_reported and now - self._junk_at >= JUNK_REPORT_EVERY:
             # Plain pings count here too: every echo is read as a possible knock.
@@ -261,6 +282,7 @@ def serve(worker: Worker, listeners: Listeners, pipe: int) -> int:
         if now - last_stats >= STATS_EVERY:
             last_stats = now
             loop.contained("the counter report", loop.report)
+    worker.save_rates(time.time())  # a reload or a restart stops us first: the next worker reads them
     worker.emit(messages.Stats(worker.stats()))
     loop.close()
     return 0
