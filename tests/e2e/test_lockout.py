@@ -148,3 +148,26 @@ def test_a_spent_budget_outlives_the_worker_a_reload_and_a_restart(knocking: Kno
     k.served.start()
     refused_everywhere(k, code, "a restart of spa")
     assert "accepted" not in k.served.log()
+
+
+def test_a_reload_hands_no_key_a_fresh_burst_of_grants(request: pytest.FixtureRequest) -> None:
+    """Rate limits are saved when a worker stops and read back by the next one."""
+    need_netns("nft", "ping", libraries=("nftables",))
+    k = prepare(request)
+    k.served.edit("key_rate = 0.5 ", "key_rate = 0.01 ")  # one more grant every 100 s
+    k.served.config.write_text(k.served.config.read_text().replace("[limits]\n", "[limits]\nkey_burst = 2\n", 1))
+    k.served.start()
+    now = int(time.time())
+
+    def ping(offset: int) -> None:
+        token = tokens.compact_token(k.key, now + offset, ALICE)
+        k.alice_runs("ping", "-c", "1", "-W", "1", "-p", tokens.ping_pattern(token), SERVER)
+
+    for offset in (0, 1):
+        ping(offset)
+    assert wait_until(lambda: k.served.log().count("accepted alice via icmp") == 2, 5), k.served.log()
+    k.served.signal(signal.SIGHUP)
+    assert k.served.wait_log("reloaded ", 5), k.served.log()
+    ping(2)
+    assert k.served.wait_log("rate limited (too many grants for this key)", 5), k.served.log()
+    assert k.served.log().count("accepted alice via icmp") == 2

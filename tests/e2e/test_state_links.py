@@ -147,8 +147,12 @@ def plant(worker: int, targets: dict[str, Path]) -> list[dict[str, str]]:
     links |= {name: ("hardlink", targets[name].name) for name in HARDLINKS}
     nobody = pwd.getpwnam("nobody")
     # A hard link must not cross mounts, and `ip netns exec` gave spa a mount
-    # namespace of its own: name the sources through the worker's root.
-    sources = os.open(f"/proc/{worker}/root{targets[HARDLINKS[0]].parent}", os.O_RDONLY | os.O_DIRECTORY)
+    # namespace of its own: name the sources through the supervisor's root
+    # (the worker has one more of its own, with an empty /proc, but the
+    # directories it holds were opened before it made it).
+    supervisor = next(int(line.split()[1]) for line in Path(f"/proc/{worker}/status").read_text().splitlines()
+                      if line.startswith("PPid:"))
+    sources = os.open(f"/proc/{supervisor}/root{targets[HARDLINKS[0]].parent}", os.O_RDONLY | os.O_DIRECTORY)
     results = []
     assert wait_until(lambda: holds_a_directory(worker), 5), f"the worker {worker} holds no directory"
     try:

@@ -437,22 +437,18 @@ def test_dns_answers_to_one_source_prefix_are_rate_limited_but_knocks_are_heard(
 
 def test_a_new_worker_reads_back_the_rate_limits_the_last_one_saved(setup: tuple[Path, Path], tmp_path: Path) -> None:
     """A reload or a restart starts a new worker: before, every limit started afresh."""
-    from dnslib import DNSRecord
-
     from spa.core.rates import RateFile
-    from spa.daemon.worker import DNS_BURST
 
     config = config_module.load(setup[0])
     keyring = config_module.load_keyring(config)
     rates = RateFile(tmp_path / "rates")
     first = Worker(config, keyring, Ledger(700), lambda message: None, rates=rates)
     source = ipaddress.ip_address("203.0.113.77")
-    question = DNSRecord.question("knock.test", "SOA").pack()
     now = time.time()
-    for _ in range(DNS_BURST):
-        first.udp_query(question, source, now)
+    for port in range(config.gate.source_burst):  # port hits: the sequence guess budget
+        first.tracker.hit(source, Request("tcp", 20000 + port), now)
+    assert first.tracker.over_budget == 0
     first.save_rates(now)  # what serve() does when it is stopped
     second = Worker(config, keyring, Ledger(700), lambda message: None, rates=rates)
-    again = second.udp_query(question, source, now)
-    assert again.response is None or DNSRecord.parse(again.response).header.tc, "the new worker forgot the limit"
-    assert second.counts["dns.rate_limited"] == 1
+    assert second.tracker.hit(source, Request("tcp", 30000), now) == []
+    assert second.tracker.over_budget == 1, "the new worker forgot the limit"

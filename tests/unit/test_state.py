@@ -178,3 +178,9 @@ def test_repeated_lockouts_double_up_to_a_day_and_a_quiet_spell_forgives() -> No
     assert lockout.remaining("k", now) == 100
     # With spa's defaults a day of non-stop guessing gets ~180 codes checked per key, not 5,760.
     assert Lockout(threshold=20, period=300, lockout=300, capacity=10).checks_per_day() == 180
+
+
+def test_a_burst_is_whole_at_unix_times() -> None:
+    """At ~1.8e9 s one float step is ~2e-7 s: an absolute slack of 1e-9 made every burst one short."""
+    buckets = Buckets(5.0, 20, 10)
+    assert sum(buckets.take(b"k", 1_790_000_000.123) for _ in range(25)) == 20
