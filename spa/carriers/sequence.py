@@ -81,14 +81,14 @@ class Tracker:
         self._by_last: dict[tuple[int, int], tuple[tuple[StaticSequence, tuple[tuple[int, int], ...]], ...]] = {}
         self._static_depth = 0
         self._depth = 1
-        self.set_statics(statics)
+        self._index_statics(statics)
 
     def buckets(self) -> dict[str, Buckets]:
         """The hit budget, for spa.core.rates to save and restore (none when unlimited)."""
         return {"hits": self._budget} if self._budget is not None else {}
 
-    def set_statics(self, statics: tuple[StaticSequence, ...]) -> None:
-        """Replace the fixed sequences (on reload). Progress so far is kept."""
+    def _index_statics(self, statics: tuple[StaticSequence, ...]) -> None:
+        """Index the fixed sequences by their last step (a reload makes a new worker, so once)."""
         by_last: dict[tuple[int, int], list[tuple[StaticSequence, tuple[tuple[int, int], ...]]]] = {}
         for static in statics:
             steps = tuple((PROTOS.index(step.proto), step.port) for step in static.steps)

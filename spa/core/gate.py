@@ -107,10 +107,6 @@ class Gate:
         """The rate buckets, by name, for spa.core.rates to save and restore."""
         return {"source": self._source_rate, "key": self._key_rate}
 
-    def replace_keyring(self, keyring: Keyring) -> None:
-        """Swap in reloaded keys; replay and rate state carry over."""
-        self.keyring = keyring
-
     def decide(self, knock: Knock) -> Decision:
         decision = self._handlers[knock.form](knock)
         if type(decision) is Rejection:

@@ -529,7 +529,7 @@ def _worker_main(config: Config, keyring: Keyring, listeners: Listeners | None, 
     rates = RateFile(config.state_dir / statedir.WORKER / RATES, state)
     worker = Worker(config, keyring, ledger, pipe_emitter(pipe), guesses, rates)
     try:
-        return serve(worker, listeners, pipe)
+        return serve(worker, listeners)
     finally:
         ledger.close()
         guesses.close()

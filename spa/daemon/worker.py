@@ -268,7 +268,7 @@ class SupervisorGone(BaseException):
     """
 
 
-def serve(worker: Worker, listeners: Listeners, pipe: int) -> int:
+def serve(worker: Worker, listeners: Listeners) -> int:
     """The worker's event loop, until SIGTERM. Returns the exit status."""
     flags = _Flags()
     signal.signal(signal.SIGTERM, lambda *_: setattr(flags, "stop", True))

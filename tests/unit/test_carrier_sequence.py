@@ -143,17 +143,6 @@ def test_one_port_sequence() -> None:
     assert [k.payload for k in tracker.hit(CLIENT, C, NOW)] == [StaticHit("one")]
 
 
-def test_reload_replaces_fixed_sequences() -> None:
-    tracker = Tracker((DOOR,))
-    tracker.hit(CLIENT, A, NOW)
-    longer = StaticSequence("long", (A, B, C, Request("tcp", 1234)), Policy(open=(SSH,)))
-    tracker.set_statics((longer,))
-    assert run(tracker, [(B, NOW), (C, NOW)]) == []  # door is gone
-    assert [k.payload for k in tracker.hit(CLIENT, Request("tcp", 1234), NOW)] == [StaticHit("long")]
-    tracker.set_statics(())
-    assert run(tracker, [(A, NOW + 1), (B, NOW + 1), (C, NOW + 1), (Request("tcp", 1234), NOW + 1)]) == []
-
-
 def test_fixed_sequence_decided_by_a_gate() -> None:
     keyring = Keyring(OBFUSCATION_KEY, [alice_record()], statics=(DOOR,))
     gate = Gate(keyring, Ledger(retention=660))

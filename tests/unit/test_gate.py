@@ -141,7 +141,7 @@ def test_unknown_key_and_junk(bench: Bench) -> None:
     assert reason(bench.decide(Form.EXTENDED, bench.compact())) == Reason.MALFORMED
     other = Keyring(bytes(range(32)), [alice_record()])
     other.by_id.clear()
-    bench.gate.replace_keyring(other)
+    bench.gate.keyring = other
     assert reason(bench.decide(Form.COMPACT, bench.compact())) == Reason.UNKNOWN_KEY
 
 
