@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spa.core import config as config_module
+from spa import config as config_module
 from spa.core.events import Carrier
 
 

@@ -92,7 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> FirewallSettings:
     with --backend and --protect overriding it."""
     values: dict[str, object] = {}
     if args.config:
-        from spa.core import config  # only when asked: the verbs also work without a config
+        from spa import config  # only when asked: the verbs also work without a config
 
         values = {f.name: getattr(config.load(Path(args.config)).firewall, f.name)
                   for f in dataclasses.fields(FirewallSettings)}
@@ -150,7 +150,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def format_counters(config_path: Path) -> str:
     """The counters the running server last wrote to its state directory."""
-    from spa.core import config  # only when asked, as in settings_from_args
+    from spa import config  # only when asked, as in settings_from_args
 
     try:
         status = json.loads(read_status(config.load(config_path).state_dir))

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from spa.core import config as config_module
+from spa import config as config_module
 from spa.core import keys, otp, pathtrust
 from spa.core.events import Request
 from spa.core.keys import ClientKey, KeyRecord

@@ -10,22 +10,12 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from spa.core.config import Config
+from spa.config import Config, wanted
 from spa.errors import SpaError
-from spa.intake.bpf import PortRange, Wanted
 from spa.intake.capture import Capture, set_receive_buffer
 
 DNS_BACKLOG = 64
 DNS_RCVBUF = 8 << 20  # bytes of queued DNS queries, like the capture sockets
-
-
-def wanted(config: Config) -> Wanted:
-    """What the capture must see: echo requests and the knock ports."""
-    udp = [PortRange(low, high) for proto, low, high in config.firewall.quiet if proto == "udp"]
-    tcp = [PortRange(low, high) for proto, low, high in config.firewall.quiet if proto == "tcp"]
-    if config.dns is not None and config.dns.mode == "sniff":
-        udp.append(PortRange(config.dns.port, config.dns.port))
-    return Wanted(icmp_echo=config.icmp is not None, udp=tuple(udp), tcp_syn=tuple(tcp))
 
 
 @dataclass

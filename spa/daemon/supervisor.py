@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from spa.core import config as config_module
-from spa.core.config import Config
+from spa import config as config_module
+from spa.config import Config, wanted
 from spa.core.guesses import FileGuesses
 from spa.core.keyring import Keyring
 from spa.core.ledger import FileLedger
@@ -37,7 +37,7 @@ from spa.firewall.watch import NftWatch
 from . import messages, privdrop, recheck, sandbox, statedir
 from .contain import COUNTER, Unexpected
 from .integrity import ClockWatch, keep_guard
-from .listeners import Listeners, open_listeners, wanted
+from .listeners import Listeners, open_listeners
 from .worker import Worker, pipe_emitter, serve
 
 log = logging.getLogger("spa")

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from spa.carriers import dns, icmp, udp
 from spa.carriers.sequence import Tracker
+from spa.config import Config
 from spa.core import addresses
-from spa.core.config import Config
 from spa.core.events import Accepted, Decision, Duplicate, IPAddress, Knock, Reason, Rejection, Request
 from spa.core.gate import Gate
 from spa.core.guesses import Guesses

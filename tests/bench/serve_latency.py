@@ -621,7 +621,7 @@ def configure_for_bench(served: Any, count: int) -> tuple[ClientKey, list[Client
     """The bench's spa config: per-key grant rate out of the way (latency, not
     limits, is measured), 5 s one-time steps, the fixed sequence, and enough
     keys for ``count`` one-time sequences. Returns (key, one-time keys, rule)."""
-    from spa.core import config as config_module
+    from spa import config as config_module
 
     served.edit("key_rate = 0.5 ", "key_rate = 100000.0\nkey_burst = 100000 ")
     served.edit("sequence_step = 30", "sequence_step = 5")

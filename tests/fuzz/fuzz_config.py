@@ -17,7 +17,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["spa"]):
-    from spa.core import config
+    from spa import config
     from spa.errors import ConfigError
 
 # One small directory per process in $TMPDIR (test_fuzz.py points TMPDIR at

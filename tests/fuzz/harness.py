@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: E402
 
+from spa import config as config_module  # noqa: E402
 from spa.cli import main  # noqa: E402
 from spa.core import compact, datagram, kdf  # noqa: E402
-from spa.core import config as config_module  # noqa: E402
 from spa.core.events import Decision  # noqa: E402
 from spa.core.keyring import Keyring  # noqa: E402
 from spa.core.keys import KeyRecord  # noqa: E402

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from spa import config
 from spa.cli import main
-from spa.core import config, keys
+from spa.core import keys
 from spa.errors import ConfigError, KeyFileError
 
 

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
+from spa import config as config_module
 from spa.cli import main
 from spa.client import tokens
-from spa.core import config as config_module
 from spa.core.events import Accepted, Carrier, Duplicate, Grant, Reason, Rejection, Request
 from spa.core.keys import load_client_key
 from spa.core.ledger import Ledger

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from spa import config as config_module
 from spa.cli import main
-from spa.core import config as config_module
 from spa.core.ledger import Ledger
 from spa.daemon import messages
 from spa.daemon.contain import COUNTER, MAX_SITES, Unexpected

@@ -1,7 +1,7 @@
 """Checks that keep the house standing: types, lint, and the layers' imports.
 
 They run inside the test suite (so `.ci/run`, which runs the README's test
-command, runs them too): mypy, strict on spa.core and spa.daemon and plain
+command, runs them too): mypy, strict on spa.core, spa.config and spa.daemon and plain
 on the rest; ruff on spa and the tests (pyproject.toml says which rules);
 and import contracts read from the source with ``ast``, so a module that
 reaches across a layer fails here, not in a review.
@@ -35,8 +35,8 @@ def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_types_strict_in_the_core_and_the_daemon() -> None:
-    result = run([tool("mypy"), "--strict", "spa/core", "spa/daemon"])
+def test_types_strict_in_the_core_the_config_and_the_daemon() -> None:
+    result = run([tool("mypy"), "--strict", "spa/core", "spa/config.py", "spa/daemon"])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -111,16 +111,18 @@ def within(name: str, *packages: str) -> bool:
     return any(name == p or name.startswith(p + ".") for p in packages)
 
 
-# The configuration layer still lives in spa/core/config.py and assembles the
-# carriers', firewall's and intake's settings: issue 14 moves it above them.
-CONFIG = "spa.core.config"
-
-
 def test_the_core_imports_nothing_above_it() -> None:
     for name, path in MODULES.items():
-        if within(name, "spa.core") and name != CONFIG:
-            above = {i for i in imports(path) if not within(i, "spa.core", "spa.errors", "spa")}
+        if within(name, "spa.core"):
+            above = {i for i in imports(path) if not within(i, "spa.core", "spa.errors") and i != "spa"}
             assert not above, f"{name} imports {sorted(above)}"
+
+
+def test_the_configuration_layer_sits_below_the_processes() -> None:
+    # spa.config assembles the core's, carriers', firewall's and intake's settings; the daemon and
+    # the command line read it, never the other way round.
+    wrong = {i for i in imports(MODULES["spa.config"]) if within(i, "spa.daemon", "spa.cli", "spa.client", "spa.demo")}
+    assert not wrong, f"spa.config imports {sorted(wrong)}"
 
 
 def test_the_worker_cannot_reach_a_firewall_backend() -> None:

@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from test_config import _set_option
 from test_config import edits as _config_edits
 
+from spa import config
 from spa.cli import main
-from spa.core import config, keys, otp
+from spa.core import keys, otp
 from spa.core.keyring import Keyring
 from spa.core.ledger import Ledger
 from spa.daemon.listeners import wanted

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from spa import config as config_module
 from spa.cli import main
-from spa.core import config as config_module
 from spa.core.events import Carrier, Grant, Request
 from spa.daemon import messages, statedir
 from spa.daemon.contain import COUNTER

@@ -313,7 +313,7 @@ def test_started_as_another_user_spa_trusts_only_roots_files(server: Path, monke
     """Not root, the worker is spa's own user: an outside review had it rewrite
     spa.toml and server.secret, which that user owned. Root owns them then,
     readable by spa's group (0640), and a file of spa's own user is refused."""
-    from spa.core import config as config_module
+    from spa import config as config_module
 
     nobody = pwd.getpwnam("nobody")
     secret = server.parent / "server.secret"

@@ -17,6 +17,14 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from spa.carriers.dns import MAX_TTL, Zone
+from spa.core import pathtrust, tomlfile
+from spa.core.events import Carrier, IPAddress, Request
+from spa.core.gate import GateSettings
+from spa.core.keyring import Keyring
+from spa.core.keys import KEY_SUFFIX, check_server_private, load_store
+from spa.core.policy import POLICY_OPTIONS, Policy, read_policy
+from spa.core.sequence import SequenceRule, StaticSequence, knock_ports
+from spa.core.tomlfile import Document
 from spa.errors import ConfigError
 from spa.firewall.settings import (
     BACKENDS,
@@ -26,16 +34,7 @@ from spa.firewall.settings import (
     single_use_refusal,
     stealth_refusal,
 )
-from spa.intake.bpf import compile_filter
-
-from . import pathtrust, tomlfile
-from .events import Carrier, IPAddress, Request
-from .gate import GateSettings
-from .keyring import Keyring
-from .keys import KEY_SUFFIX, check_server_private, load_store
-from .policy import POLICY_OPTIONS, Policy, read_policy
-from .sequence import SequenceRule, StaticSequence, knock_ports
-from .tomlfile import Document
+from spa.intake.bpf import PortRange, Wanted, compile_filter
 
 T = TypeVar("T")
 
@@ -269,11 +268,18 @@ def load(path: Path) -> Config:
     return loaded
 
 
+def wanted(config: Config) -> Wanted:
+    """What the capture must see: echo requests and the knock ports (the one definition)."""
+    udp = [PortRange(low, high) for proto, low, high in config.firewall.quiet if proto == "udp"]
+    tcp = [PortRange(low, high) for proto, low, high in config.firewall.quiet if proto == "tcp"]
+    if config.dns is not None and config.dns.mode == "sniff":
+        udp.append(PortRange(config.dns.port, config.dns.port))
+    return Wanted(icmp_echo=config.icmp is not None, udp=tuple(udp), tcp_syn=tuple(tcp))
+
+
 def _check_capture(doc: Document, loaded: Config) -> None:
     """The capture's packet filter for these carriers and knock ports must fit in the
     kernel's limit (4096 instructions), or ``spa serve`` could not open its capture."""
-    from spa.daemon.listeners import wanted  # the one definition of what is captured (it imports this module)
-
     try:
         compile_filter(wanted(loaded))
     except ValueError as problem:
