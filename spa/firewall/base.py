@@ -79,11 +79,23 @@ def check_grant(grant: Grant, protect: tuple[Request, ...]) -> None:
         raise FirewallError(f"refusing grant of {grant.seconds!r} seconds: must be 1-86400")
     if grant.address.is_unspecified or grant.address.is_multicast:
         raise FirewallError(f"refusing grant for {grant.address}: not a single host")
-    mapped = addresses.refusal(grant.address)
-    if mapped:
-        # Never converted here: the knock's policy was judged on this address.
-        raise FirewallError(f"refusing grant: {mapped}")
+    host(grant.address)
     if getattr(grant.address, "scope_id", None) is not None:
         # A scope ("fe80::1%eth0") is free text; backends write addresses into
         # nft and ipset commands, and no knock ever yields one.
         raise FirewallError(f"refusing grant for {grant.address}: scoped address")
+
+
+def host(address: IPAddress) -> IPAddress:
+    """``address`` as every backend writes it; an IPv4-mapped one is refused, never converted.
+
+    Turning ``::ffff:a.b.c.d`` into a.b.c.d here would open an IPv4 host
+    whose grant was judged as an IPv6 address (spa.core.addresses). The gate
+    and the supervisor refuse such a grant first, so this is a last line,
+    the one every backend draws.
+    """
+    mapped = addresses.refusal(address)
+    if mapped:
+        raise FirewallError(f"refusing {mapped}")
+    return address
+

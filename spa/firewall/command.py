@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from spa.core.events import Grant, IPAddress, Request
 
-from .base import FirewallError, LiveGrant, check_grant
-from .nft_render import host, who
+from .base import FirewallError, LiveGrant, check_grant, host
+from .nft_render import who
 from .settings import FirewallSettings
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,7 @@ from collections.abc import Callable
 
 from spa.core.events import Grant, IPAddress, Request
 
-from .base import LiveGrant, check_grant
-from .nft_render import host
+from .base import LiveGrant, check_grant, host
 from .settings import FirewallSettings
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 from spa.core.events import Grant, IPAddress, Request
 
-from .base import FirewallError, LiveGrant, check_grant
-from .nft_render import host, stealth_contrast, who
+from .base import FirewallError, LiveGrant, check_grant, host
+from .nft_render import stealth_contrast, who
 from .settings import FirewallSettings
 
 log = logging.getLogger(__name__)

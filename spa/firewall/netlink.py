@@ -22,10 +22,9 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from spa.core import addresses
 from spa.core.events import IPAddress, Request
 
-from .base import FirewallError
+from .base import host
 
 # linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h
 NLMSG_ERROR = 2
@@ -77,10 +76,7 @@ def _message(kind: int, flags: int, seq: int, family: int, body: bytes, res_id: 
 def element_key(address: IPAddress, request: Request) -> bytes:
     """``address . inet_proto . inet_service`` as the kernel stores it: each
     field in network order, padded to a 4-byte register."""
-    mapped = addresses.refusal(address)
-    if mapped:  # never converted: see spa.core.addresses
-        raise FirewallError(f"refusing {mapped}")
-    return address.packed + struct.pack("!B3x", request.proto_number) + struct.pack("!H2x", request.port)
+    return host(address).packed + struct.pack("!B3x", request.proto_number) + struct.pack("!H2x", request.port)
 
 
 @dataclass(frozen=True)

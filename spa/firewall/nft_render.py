@@ -23,10 +23,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from spa.core import addresses
 from spa.core.events import PROTOCOL_NAMES, PROTOCOLS, Grant, IPAddress, Request
 
-from .base import FirewallError, LiveGrant
+from .base import LiveGrant, host
 from .settings import FirewallSettings
 
 # Set names inside the grant table: (ip version, single use) -> name.
@@ -40,19 +39,6 @@ SET_KINDS = {name: kind for kind, name in SETS.items()}
 
 COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9_.@+:/=-]")
 COMMENT_MAX = 64
-
-
-def host(address: IPAddress) -> IPAddress:
-    """``address`` as the firewall matches it; an IPv4-mapped one is refused.
-
-    Turning ``::ffff:a.b.c.d`` into a.b.c.d here would open an IPv4 host
-    whose grant was judged as an IPv6 address (spa.core.addresses). The gate
-    and the supervisor refuse such a grant first, so this is a last line.
-    """
-    mapped = addresses.refusal(address)
-    if mapped:
-        raise FirewallError(f"refusing {mapped}")
-    return address
 
 
 def who(key: str, carrier: str) -> str:
@@ -288,7 +274,7 @@ def _parse_element(entry: Any) -> _Element | None:
         return None
     text, proto, port = value["concat"]
     if isinstance(proto, str):
-        proto = {"tcp": 6, "udp": 17}.get(proto, -1)
+        proto = PROTOCOLS.get(proto, -1)
     if proto not in PROTOCOL_NAMES or not isinstance(port, int):
         return None
     return _Element(

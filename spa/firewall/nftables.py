@@ -14,7 +14,7 @@ import logging
 from spa.core.events import Grant, IPAddress, Request
 
 from . import netlink, nft_render
-from .base import FirewallError, LiveGrant, check_grant
+from .base import FirewallError, LiveGrant, check_grant, host
 from .libnft import Nft, NftError
 from .settings import FirewallSettings
 
@@ -110,7 +110,7 @@ class NftablesBackend:
                 self._writer = netlink.ElementWriter(fd)
             except (OSError, netlink.NetlinkError):
                 return False
-        address = nft_render.host(grant.address)
+        address = host(grant.address)
         target = nft_render.set_for(address, single)
         key = netlink.element_key(address, grant.request)
         comment = nft_render.who(grant.key, grant.carrier.value)
