@@ -478,7 +478,7 @@ def parse_key_text(text: str, path: str) -> Tuple[Dict[str, Union[str, int, bool
             rest = "#" + comment if comment else ""
             if word in ("true", "false"):
                 value = word == "true"
-            elif re.match(r"^[+-]?[0-9]+(_[0-9]+)*$", word):
+            elif re.fullmatch(r"[+-]?[0-9]+(_[0-9]+)*", word):
                 value = int(word.replace("_", ""))
             else:
                 raise KnockError("{}: {}: expected a quoted string or a number".format(where, option))
@@ -545,7 +545,7 @@ def load_key(path: str) -> Key:
     if values.get("format") != KEY_FORMAT:
         raise fail("format", 'expected "{}" (is this an spa client key file?)'.format(KEY_FORMAT))
     name = string("name")
-    if not re.match(r"^[a-z][a-z0-9]{0,11}$", name):
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,11}", name):
         raise fail("name", "expected 1-12 lowercase letters and digits, starting with a letter")
     key_id = values.get("key_id")
     if not isinstance(key_id, int) or isinstance(key_id, bool) or not 1 <= key_id <= 0xFFFF:

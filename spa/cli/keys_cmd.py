@@ -231,6 +231,7 @@ def run_keygen(args: argparse.Namespace) -> int:
         signing_key=seed,
         zone=config.dns.zone if config.dns else "",
         udp_port=config.udp.port if config.udp else 62201,
+        sequence=config.gate.sequence,
     )
     out: Path = args.out or Path(f"{name}.spakey")
     if out.exists():

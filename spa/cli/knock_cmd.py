@@ -14,7 +14,6 @@ from spa.client import keyfile, knocking, stun, tokens
 from spa.client.knocking import KnockError, Target
 from spa.core.events import IPAddress, Request
 from spa.core.keys import ClientKey
-from spa.core.sequence import SequenceRule
 from spa.errors import SpaError
 
 VIAS = ("udp", "icmp", "dns", "sequence")
@@ -141,7 +140,7 @@ def send_knock(key: ClientKey, target: Target, args: argparse.Namespace, request
             token = tokens.extended_token(key, now, bound, request)
         asked = knocking.send_dns(tokens.dns_name(token, key.zone), args.dns_server)
         return f"a DNS query for {key.zone} via {asked}"
-    ports = tokens.otp_sequence(key, now, SequenceRule(), request)
+    ports = tokens.otp_sequence(key, now, key.sequence, request)
     knocking.send_sequence(target, ports)
     return f"a port sequence to {target.host}"
 
@@ -171,7 +170,7 @@ def run_token(args: argparse.Namespace) -> int:
     request = _request(key, args.open)
     now = args.at if args.at is not None else int(time.time())
     if args.via == "sequence":  # bound to the source by nature: no address in it
-        ports = " ".join(map(str, tokens.otp_sequence(key, now, SequenceRule(), request)))
+        ports = " ".join(map(str, tokens.otp_sequence(key, now, key.sequence, request)))
         print(f"knock {key.server} {ports}" if args.command else ports)
         return 0
     if args.ip:

@@ -11,6 +11,7 @@ them, as ssh does, with the command that fixes it.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 import tempfile
@@ -27,6 +28,7 @@ from .compact import MAX_KEY_ID
 from .events import Request
 from .otp import NAME_PATTERN, TOTP_DIGITS, secret_problem
 from .policy import Policy, read_policy
+from .sequence import SequenceRule
 from .tomlfile import Document
 
 CLIENT_FORMAT = "spa-key-1"
@@ -140,6 +142,9 @@ class ClientKey:
     zone: str = ""
     udp_port: int = 62201
     default_open: Request | None = None
+    # The server's [otp] sequence settings: a client that guessed them knocked
+    # ports the server never watched (key files made before it hold none: the defaults).
+    sequence: SequenceRule = field(default_factory=SequenceRule)
 
     @property
     def default_request(self) -> Request:
@@ -166,6 +171,10 @@ class ClientKey:
             f'open = "{",".join(map(str, self.open))}"',
             f'default_open = "{self.default_request}"',
             f'obfuscation_key = "{self.obfuscation_key.hex()}"',
+            "# one-time port sequences, as this server makes them ([otp] in its spa.toml)",
+            f"sequence_length = {self.sequence.length}",
+            f'sequence_ports = "{self.sequence.low}-{self.sequence.high}"',
+            f"sequence_step = {self.sequence.step_seconds}",
         ]
         if self.secret is not None:
             lines.append(f'secret = "{self.secret.hex()}"')
@@ -191,7 +200,8 @@ def load_client_key(path: Path) -> ClientKey:
     check_private(path)
     doc = tomlfile.load(path)
     _only_known(doc, {"format", "name", "key_id", "server", "zone", "udp_port", "open",
-                      "default_open", "obfuscation_key", "secret", "signing_key"})
+                      "default_open", "obfuscation_key", "secret", "signing_key",
+                      "sequence_length", "sequence_ports", "sequence_step"})
     if doc.data.get("format") != CLIENT_FORMAT:
         doc.fail(("format",), f'expected "{CLIENT_FORMAT}" (is this an spa client key file?)')
     for option in ("server", "open", "obfuscation_key"):
@@ -217,7 +227,26 @@ def load_client_key(path: Path) -> ClientKey:
         zone=str(doc.data.get("zone", "")).strip(".").lower(),
         udp_port=port,
         default_open=default,
+        sequence=_sequence_rule(doc),
     )
+
+
+def _sequence_rule(doc: Document) -> SequenceRule:
+    """The server's sequence settings from a client key file (the defaults where absent)."""
+    default = SequenceRule()
+    length = doc.data.get("sequence_length", default.length)
+    step = doc.data.get("sequence_step", default.step_seconds)
+    for option, value in (("sequence_length", length), ("sequence_step", step)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            doc.fail((option,), "expected a whole number")
+    ports = doc.data.get("sequence_ports", f"{default.low}-{default.high}")
+    match = re.fullmatch(r"\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*", ports) if isinstance(ports, str) else None
+    if match is None:
+        doc.fail(("sequence_ports",), 'expected a range such as "20000-59999"')
+    try:
+        return SequenceRule(length=length, low=int(match.group(1)), high=int(match.group(2)), step_seconds=step)
+    except ValueError as problem:
+        doc.fail(("sequence_ports",), str(problem))
 
 
 @dataclass(frozen=True)

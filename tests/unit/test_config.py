@@ -470,3 +470,35 @@ def test_any_bytes_as_a_config_file_give_a_located_error(tmp_path_factory: pytes
     with pytest.raises(SpaError) as caught:
         config.load(path)
     assert isinstance(caught.value, ConfigError) and caught.value.path == str(path)
+
+
+def test_the_key_file_carries_the_servers_sequence_settings(server: Path) -> None:
+    """A client that assumed the default sequence rule knocked ports a server
+    with other [otp] settings never watched (issue 14)."""
+    from spa.client import tokens
+    from spa.core.gate import Gate
+    from spa.core.ledger import Ledger
+
+    _edit(server, "sequence_length = 3", "sequence_length = 4")
+    _edit(server, 'sequence_ports = "20000-59999"', 'sequence_ports = "30000-39999"')
+    _edit(server, "sequence_step = 30", "sequence_step = 60")
+    client = keys.load_client_key(_keygen(server, "alice"))
+    loaded = config.load(server)
+    assert client.sequence == loaded.gate.sequence
+    gate = Gate(config.load_keyring(loaded), Ledger(700), loaded.gate)
+    now = 1_760_000_000
+    ports = tokens.otp_sequence(client, now, client.sequence)
+    assert len(ports) == 4 and all(30000 <= p <= 39999 for p in ports)
+    assert ports in gate.sequences(now), "the client's sequence is not one the server watches"
+
+
+def test_an_older_key_file_without_sequence_settings_gets_the_defaults(server: Path) -> None:
+    from spa.core.sequence import SequenceRule
+
+    path = _keygen(server, "alice")
+    text = "".join(line + "\n" for line in path.read_text().splitlines() if not line.startswith("sequence_"))
+    path.write_text(text)
+    assert keys.load_client_key(path).sequence == SequenceRule()
+    path.write_text(text + 'sequence_ports = "2²-3"\n')
+    with pytest.raises(ConfigError, match="sequence_ports"):
+        keys.load_client_key(path)
