@@ -33,6 +33,7 @@ class RateFile:
     def __init__(self, path: Path, directory: int | None = None) -> None:
         self.path = path
         self._directory = directory
+        self._written: list[str] | None = None  # what the file holds, when this process wrote it
 
     def load(self, buckets: Mapping[str, Buckets], now: float) -> int:
         """Restore what the file holds into ``buckets`` (by name); how many entries.
@@ -62,14 +63,18 @@ class RateFile:
         return restored
 
     def save(self, buckets: Mapping[str, Buckets], now: float) -> None:
-        """Write every bucket entry that is not full at ``now``, atomically. Raises OSError."""
+        """Write every bucket entry that is not full at ``now``, atomically, unless that is
+        what this process last wrote. Raises OSError."""
         lines = [f"{name} {_encode(key)} {full_at:.3f}"
                  for name, bucket in buckets.items() for key, full_at in bucket.pending(now)]
+        if lines == self._written:
+            return  # an idle server writes (and fsyncs) nothing every few seconds
         journal = Journal(self.path, self._directory)
         try:
             journal.rewrite(lines)
         finally:
             journal.close()
+        self._written = lines
 
 
 def _encode(key: object) -> str:

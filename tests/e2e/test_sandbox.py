@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from world import need_netns
-from world.knocking import SERVER, Knocking, prepare
+from world.knocking import Knocking, prepare
 from world.worker_attacks import MARK
 
 from spa.client import tokens
@@ -33,8 +33,6 @@ pytestmark = pytest.mark.netns
 
 ALICE = ipaddress.ip_address("10.77.1.2")
 ATTACKS = Path(__file__).resolve().parents[1] / "world" / "worker_attacks.py"
-SEND_UDP = ("import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); "
-            "s.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))")
 MAY = {"may read capture": {"ok", "EAGAIN"}, "may read statistics": {"ok"}, "may answer dns": {"ok"}}
 NOBODY = 65534
 # spa started not as root but as nobody with the capabilities it needs, as a
@@ -101,7 +99,7 @@ def test_the_sandboxed_worker_still_reads_answers_and_grants(attacked: Knocking)
         assert outcomes.get(name) in fine, (name, outcomes)
     k.closed_before()
     packet = tokens.spa_datagram(k.key, int(time.time()), source=ALICE)
-    k.alice_runs(sys.executable, "-c", SEND_UDP, packet.hex(), SERVER, "62201")
+    k.alice_sends(packet)
     assert k.opens(), k.served.log()
     k.only_alice()
     assert "worker exited" not in k.served.log()

@@ -31,7 +31,6 @@ from spa.daemon import privdrop
 pytestmark = pytest.mark.netns
 
 ALICE = ipaddress.ip_address("10.77.1.2")
-SEND_UDP = "import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))"
 
 
 STATICS = '\n[sequences.office]\nports = ["tcp/7000", "udp/8000", "tcp/9000"]\ntimeout = 5\nopen = ["tcp/22"]\n'
@@ -119,7 +118,7 @@ def test_udp_datagram(knocking: Knocking) -> None:
     k = knocking
     k.closed_before()
     packet = tokens.spa_datagram(k.key, int(time.time()), source=ALICE)
-    k.alice_runs(sys.executable, "-c", SEND_UDP, packet.hex(), SERVER, "62201")
+    k.alice_sends(packet)
     assert k.opens(), k.served.log()
     k.only_alice()
 

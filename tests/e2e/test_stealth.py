@@ -52,8 +52,6 @@ ONE_TIME_RANGE_PORT = 31337  # inside the one-time sequence range (20000-59999):
 # Fast but not lossy: one retransmission, and a host timeout as the outer bound.
 NMAP = ["nmap", "-n", "-Pn", "-T4", "--max-retries", "1", "--host-timeout", "60s", "-oX", "-"]
 RAW_PROBE = Path(__file__).resolve().parents[1] / "world" / "raw_probe.py"
-SEND_UDP = ("import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); "
-            "s.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))")
 # The server's own default-drop input policy, as an administrator would write
 # it (docs/deploy.md): replies, loopback, neighbour discovery, the DNS it
 # serves, and what spa marks.
@@ -229,7 +227,7 @@ def test_under_closed_knocks_are_heard_and_a_granted_address_connects(knocking: 
     k = knocking
     k.closed_before()
     packet = tokens.spa_datagram(k.key, int(time.time()), source=ALICE)
-    k.alice_runs(sys.executable, "-c", SEND_UDP, packet.hex(), SERVER, "62201")
+    k.alice_sends(packet)
     assert k.opens(), k.served.log()
     k.only_alice()
     assert wait_until(lambda: k.probe() == "refused", 6, 0.1), "the grant did not end"
@@ -252,7 +250,7 @@ def test_drop_on_a_default_drop_host_shows_every_port_filtered(prepared: Knockin
     assert "stealth" not in k.served.log(), "a warning where drop is the right choice"
     # The host's policy accepts what spa marks: a granted address still connects.
     packet = tokens.spa_datagram(k.key, int(time.time()), source=ALICE)
-    k.alice_runs(sys.executable, "-c", SEND_UDP, packet.hex(), SERVER, "62201")
+    k.alice_sends(packet)
     assert k.opens(), k.served.log()
     assert k.probe(k.bob) == "dropped"
 

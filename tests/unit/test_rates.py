@@ -55,3 +55,16 @@ def test_only_entries_not_full_are_kept_and_damage_restores_nothing(tmp_path: Pa
     path.write_text("source bnothex 1.0\nkey i7 nan\nkey\n")
     assert RateFile(path).load(fresh, NOW) == 0
     assert RateFile(tmp_path / "missing").load(fresh, NOW) == 0
+
+
+def test_an_idle_server_does_not_rewrite_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "rates"
+    rates = RateFile(path)
+    buckets = {"key": Buckets(1.0, 2, 10)}
+    buckets["key"].take(7, NOW)
+    rates.save(buckets, NOW)
+    rates.save(buckets, NOW + 10)  # full again: the file is emptied once ...
+    assert path.read_text() == ""
+    path.write_text("marker\n")
+    rates.save(buckets, NOW + 20)  # ... and not written again while nothing changes
+    assert path.read_text() == "marker\n"

@@ -7,6 +7,8 @@ how its own client is run.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from spa.core.keys import ClientKey, load_client_key
@@ -15,6 +17,9 @@ from .daemon import Served, make_served, remove
 from .netns import Agent, Host, World, wait_until
 
 SERVER = "10.77.1.1"
+SPA_PORT = 62201
+_SEND_UDP = ("import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); "
+             "s.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))")
 
 
 class Knocking:
@@ -47,6 +52,10 @@ class Knocking:
         assert self.probe(self.bob) == "refused", "the grant leaked to another address"
         if other_port_closed:
             assert self.probe(port=2222) == "refused", "the grant leaked to another port"
+
+    def alice_sends(self, payload: bytes, port: int = SPA_PORT) -> str:
+        """One UDP datagram from alice to the server, by default to the SPA datagram port."""
+        return self.alice_runs(sys.executable, "-c", _SEND_UDP, payload.hex(), SERVER, str(port))
 
     def alice_runs(self, *argv: str) -> str:
         """Run a command in alice's namespace; its stdout and stderr."""
