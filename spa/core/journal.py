@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
@@ -32,14 +33,22 @@ class Journal:
         self._file: TextIO | None = None
         self._whole: int | None = None  # where a torn last line starts, until open() cuts it
 
-    def read(self) -> list[str]:
+    def read(self, max_size: int | None = None) -> list[str]:
         """Every complete line (none for a missing file); :meth:`open` comes next.
 
-        Raises OSError or UnicodeDecodeError if the file cannot be read.
+        Raises OSError or UnicodeDecodeError if the file cannot be read, is
+        not a regular file, or is larger than ``max_size`` bytes.
         """
         try:
-            descriptor = os.open(self.path.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._directory)
+            # O_NONBLOCK: a FIFO planted in the file's place must not hang the start.
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+            descriptor = os.open(self.path.name, flags, dir_fd=self._directory)
             with os.fdopen(descriptor, "r", encoding="ascii", newline="") as handle:
+                info = os.fstat(descriptor)
+                if not stat.S_ISREG(info.st_mode):
+                    raise OSError(f"{self.path} is not a regular file")
+                if max_size is not None and info.st_size > max_size:
+                    raise OSError(f"{self.path} is larger than {max_size} bytes")
                 text = handle.read()
         except FileNotFoundError:
             text = ""

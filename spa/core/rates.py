@@ -25,6 +25,7 @@ from .journal import Journal
 from .limits import Buckets
 
 SAVE_EVERY = 5.0  # seconds between saves while running
+MAX_SIZE = 16 << 20  # bytes: larger is no file this process wrote (65,536 entries a table take ~4 MB)
 
 
 class RateFile:
@@ -44,7 +45,7 @@ class RateFile:
         journal = Journal(self.path, self._directory)
         restored = 0
         try:
-            lines = journal.read()
+            lines = journal.read(MAX_SIZE)
         except (OSError, UnicodeDecodeError):
             return 0
         finally:
@@ -58,7 +59,10 @@ class RateFile:
             except ValueError:
                 continue
             if target is not None and math.isfinite(full_at) and full_at > now:
-                target.restore(key, full_at)
+                # Never later than an empty bucket would be full again: a file from
+                # a clock that ran ahead, or one a subverted worker wrote, cannot
+                # lock anyone out for longer than the limit itself would.
+                target.restore(key, min(full_at, now + target.burst / target.rate))
                 restored += 1
         return restored
 

@@ -307,7 +307,9 @@ class Supervisor:
         return True
 
     def _budget(self) -> recheck.GrantBudget:
-        return recheck.GrantBudget(self.keyring, self.config.gate.key_rate, self.config.gate.key_burst)
+        # Twice the gate's burst: grants reach root bunched when the worker was slow
+        # (a long fsync), though the gate spaced their knocks by arrival time.
+        return recheck.GrantBudget(self.keyring, self.config.gate.key_rate, 2 * self.config.gate.key_burst)
 
     # -- the worker ------------------------------------------------------------
 
@@ -374,7 +376,7 @@ class Supervisor:
         else:
             # Checked now, while the worker fsyncs the ledger; applied on Synced.
             why = recheck.refusal(message.grant, self.keyring, self.config.firewall)
-            why = why or self.grant_budget.refusal(message.grant, time.time())
+            why = why or self.grant_budget.refusal(message.grant, time.monotonic())  # a clock step must not refuse
             if why:
                 log.error(f"refused a grant the worker asked for: {why}")
             elif len(self.held) >= MAX_HELD:

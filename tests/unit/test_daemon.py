@@ -282,7 +282,7 @@ def test_supervisor_applies_a_grant_only_after_the_workers_synced(setup: tuple[P
         supervisor._handle(timed(f"198.51.101.{number}"))
     # Held up to MAX_HELD, and before that the key's grant budget (2 of it spent above) stops them.
     ports = len(supervisor.keyring.by_name["alice"].record.policy.open)
-    assert len(supervisor.held) == min(MAX_HELD, supervisor.config.gate.key_burst * ports - 2)
+    assert len(supervisor.held) == min(MAX_HELD, supervisor.grant_budget.burst * ports - 2)
 
 
 def test_a_late_grant_gets_only_what_is_left_of_it(setup: tuple[Path, Path]) -> None:

@@ -68,3 +68,18 @@ def test_an_idle_server_does_not_rewrite_the_file(tmp_path: Path) -> None:
     path.write_text("marker\n")
     rates.save(buckets, NOW + 20)  # ... and not written again while nothing changes
     assert path.read_text() == "marker\n"
+
+
+def test_a_planted_or_stale_file_cannot_lock_anyone_out_or_hang_the_start(tmp_path: Path) -> None:
+    """Found by an outside review: a far-future entry (a subverted worker, or a
+    clock that ran ahead) kept a key limited for years; a FIFO hung the start."""
+    import os
+
+    path = tmp_path / "rates"
+    path.write_text(f"key i1 {NOW + 1e9:.3f}\n")
+    buckets = {"key": Buckets(0.5, 10, 100)}
+    assert RateFile(path).load(buckets, NOW) == 1
+    assert buckets["key"].take(1, NOW + 10 / 0.5 + 1), "longer than an empty bucket takes to fill"
+    path.unlink()
+    os.mkfifo(path)
+    assert RateFile(path).load(buckets, NOW) == 0  # returns at once, restores nothing
