@@ -73,9 +73,9 @@ def _outcomes(k: Knocking) -> dict[str, str]:
 
 
 def test_the_dropped_worker_cannot_sniff_or_spoof(attacked: Knocking) -> None:
+    outcomes = _outcomes(attacked)  # first: the worker has dropped root and entered its sandbox by then
     capabilities = privdrop.capabilities(attacked.served.worker_pid())
     assert capabilities == dict.fromkeys(capabilities, 0), capabilities
-    outcomes = _outcomes(attacked)
     seen = outcomes.pop("see other processes")
     # Its own user cannot change what root trusts (found by an outside review when spa ran as nobody).
     changes = {name: outcomes.pop(name) for name in ("change the config", "change the server secret", "add a key")}

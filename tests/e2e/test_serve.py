@@ -174,6 +174,8 @@ def test_knock_ports_answer_as_unused_ports(knocking: Knocking) -> None:
 
 def test_worker_is_unprivileged(knocking: Knocking) -> None:
     pid = knocking.served.worker_pid()
+    # The banner may come before the new worker has dropped root: wait for its first knock-ready state.
+    assert wait_until(lambda: "NoNewPrivs:\t1" in Path(f"/proc/{pid}/status").read_text(), 5)
     status = Path(f"/proc/{pid}/status").read_text()
     uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
     assert set(uids) == {"65534"}, uids  # nobody, real/effective/saved/fs
